@@ -1,0 +1,92 @@
+"""Identity: verifies the marketplace's JWTs (HS256 or RS256) and issues dev tokens for `messenger token`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from chat.errors import Unauthenticated
+from config.settings import AuthSettings
+
+MAX_USER_ID_LENGTH = 128
+
+
+@dataclass(frozen=True)
+class Identity:
+    user_id: str
+    name: str | None
+    roles: frozenset[str]
+    expires_at: float = float("inf")  # the token's exp; a socket outliving it is refused further use
+
+    @property
+    def is_moderator(self) -> bool:
+        return "moderator" in self.roles
+
+
+class TokenVerifier:
+    def __init__(self, settings: AuthSettings) -> None:
+        self._settings = settings
+        self._key = settings.public_key if settings.algorithm == "RS256" else settings.secret
+
+    def verify(self, token: object) -> Identity:
+        if not isinstance(token, str) or not token:
+            raise Unauthenticated("a bearer token is required", code="token_missing")
+        try:
+            # algorithms is pinned to the configured one so "alg: none" and key confusion fail.
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                self._key,
+                algorithms=[self._settings.algorithm],
+                audience=self._settings.audience,
+                issuer=self._settings.issuer,
+                leeway=self._settings.leeway_seconds,
+                options={"require": ["exp", "sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("the token has expired", code="token_expired") from None
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated(f"the token is not valid: {exc}", code="token_invalid") from None
+        return _identity_from_claims(claims)
+
+
+def _identity_from_claims(claims: dict[str, Any]) -> Identity:
+    user_id = claims.get("sub")
+    if not isinstance(user_id, str) or not user_id or len(user_id) > MAX_USER_ID_LENGTH:
+        raise Unauthenticated("the token's sub claim must be a user id string", code="token_invalid")
+    name = claims.get("name")
+    roles = claims.get("roles") or []
+    if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
+        raise Unauthenticated("the token's roles claim must be a list of strings", code="token_invalid")
+    return Identity(
+        user_id=user_id,
+        name=name if isinstance(name, str) else None,
+        roles=frozenset(roles),
+        expires_at=float(claims["exp"]),
+    )
+
+
+def issue_token(
+    settings: AuthSettings,
+    user_id: str,
+    *,
+    name: str | None = None,
+    moderator: bool = False,
+    ttl_seconds: int = 3600,
+) -> str:
+    """Sign a token with the configured HS256 secret, for trying the service without a marketplace."""
+    if settings.algorithm != "HS256":
+        raise Unauthenticated("tokens can only be issued with JWT_ALGORITHM=HS256", code="token_issue_unsupported")
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": user_id, "iat": now, "exp": now + ttl_seconds}
+    if name:
+        claims["name"] = name
+    if moderator:
+        claims["roles"] = ["moderator"]
+    if settings.issuer:
+        claims["iss"] = settings.issuer
+    if settings.audience:
+        claims["aud"] = settings.audience
+    return jwt.encode(claims, settings.secret, algorithm="HS256")

@@ -1,0 +1,117 @@
+"""HTTP plumbing shared by every part's REST routes: authentication, JSON bodies, error translation.
+
+This is the one place where MessengerError becomes an HTTP response; anything unexpected becomes
+a logged 500 `internal_error` carrying a request id, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from chat.auth import Identity, TokenVerifier
+from chat.errors import InvalidInput, MessengerError, PayloadTooLarge, Unauthenticated
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+IDENTITY = "messenger.identity"
+REQUEST_ID = "messenger.request_id"
+API_PREFIX = "/api/v1"
+
+
+def error_response(error: MessengerError, request_id: str | None = None) -> web.Response:
+    body = error.to_json()
+    if request_id:
+        body["error"]["request_id"] = request_id
+    headers = {"X-Request-Id": request_id} if request_id else None
+    retry = error.details.get("retry_after_ms")
+    if retry is not None:
+        headers = {**(headers or {}), "Retry-After": str(max(1, int(retry) // 1000))}
+    return web.json_response(body, status=error.status, headers=headers)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    if len(request_id) > 64 or not request_id.isascii():
+        request_id = uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    try:
+        response = await handler(request)
+    except MessengerError as exc:
+        return error_response(exc, request_id)
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(PayloadTooLarge("the request body is too large", code="body_too_large"), request_id)
+    except web.HTTPException as exc:
+        if (exc.status >= 400 and not exc.text) or (exc.text and not exc.text.startswith("{")):
+            code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+            return web.json_response(
+                {"error": {"code": code, "message": exc.reason, "request_id": request_id}}, status=exc.status
+            )
+        raise
+    except Exception:
+        log.exception("unhandled error", extra={"request_id": request_id, "path": request.path})
+        return web.json_response(
+            {"error": {"code": "internal_error", "message": "internal error", "request_id": request_id}},
+            status=500,
+        )
+    response.headers.setdefault("X-Request-Id", request_id)
+    return response
+
+
+def auth_middleware(verifier: TokenVerifier) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Every /api/v1 request must carry a valid bearer token; nothing under it is public."""
+
+    @web.middleware
+    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith(API_PREFIX) and request.method != "OPTIONS":
+            header = request.headers.get("Authorization", "")
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthenticated("send Authorization: Bearer <token>", code="token_missing")
+            request[IDENTITY] = verifier.verify(token.strip())
+        return await handler(request)
+
+    return authenticate
+
+
+def identity(request: web.Request) -> Identity:
+    caller: Identity = request[IDENTITY]
+    return caller
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    if not request.body_exists:
+        return {}
+    try:
+        body = await request.json(loads=json.loads)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InvalidInput("the body must be JSON", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object", code="invalid_payload")
+    return body
+
+
+def query_int(
+    request: web.Request, name: str, default: int | None, *, minimum: int = 0, maximum: int = 2**53
+) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidInput(f"{name} must be an integer", code="invalid_query", field=name) from None
+    if not minimum <= value <= maximum:
+        raise InvalidInput(f"{name} must be between {minimum} and {maximum}", code="invalid_query", field=name)
+    return value
+
+
+def ok(payload: Any, status: int = 200) -> web.Response:
+    return web.json_response(payload, status=status)

@@ -1,0 +1,59 @@
+"""The `messenger` command: `serve` runs the service, `token` prints a token to try it with."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from aiohttp import web
+
+from chat.auth import issue_token
+from config.settings import ConfigError, load_settings
+from messenger import __version__
+from messenger.logs import configure_logging
+
+log = logging.getLogger("messenger")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="messenger", description="Real-time messaging and attachments for marketplaces"
+    )
+    parser.add_argument("--version", action="version", version=f"messenger {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTP + Socket.IO service")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+
+    token = commands.add_parser("token", help="print a token signed with the configured secret")
+    token.add_argument("user_id")
+    token.add_argument("--name")
+    token.add_argument("--moderator", action="store_true")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (default 3600)")
+
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"messenger: {exc}", file=sys.stderr)
+        return 1
+
+    if args.command == "token":
+        if args.ttl <= 0:
+            print("messenger: --ttl must be positive", file=sys.stderr)
+            return 2
+        print(issue_token(settings.auth, args.user_id, name=args.name, moderator=args.moderator, ttl_seconds=args.ttl))
+        return 0
+
+    configure_logging(settings.runtime.log_level)
+    from messenger.app import create_app
+
+    log.info("messenger %s serving http://%s:%d (env %s)", __version__, args.host, args.port, settings.runtime.env)
+    web.run_app(create_app(settings), host=args.host, port=args.port, print=None, access_log=None, handle_signals=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

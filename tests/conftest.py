@@ -1,0 +1,94 @@
+"""Shared fixtures: settings, tokens, and the chat service wired the way the composition root wires it.
+
+Set MONGODB_URI to run the same tests against a real MongoDB replica set; each test then uses a
+database of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from chat.auth import Identity, issue_token
+from chat.ports import RecordingNotifier
+from config.settings import Settings, load_settings
+from messenger.app import Container, build_container
+
+TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
+
+
+def make_settings(**sections: dict[str, Any]) -> Settings:
+    overrides: dict[str, dict[str, Any]] = {"auth": {"secret": TEST_SECRET}}
+    mongo: dict[str, Any] = {"database": f"test_{uuid.uuid4().hex[:12]}"}
+    if os.environ.get("MONGODB_URI"):
+        mongo["uri"] = os.environ["MONGODB_URI"]
+    overrides["mongo"] = mongo
+    for name, values in sections.items():
+        overrides[name] = {**overrides.get(name, {}), **values}
+    return load_settings(overrides)
+
+
+def person(user_id: str, *, moderator: bool = False) -> Identity:
+    return Identity(user_id=user_id, name=user_id.title(), roles=frozenset({"moderator"} if moderator else set()))
+
+
+@pytest.fixture
+def settings_factory() -> Callable[..., Settings]:
+    return make_settings
+
+
+@pytest.fixture
+def token_for(settings_factory: Callable[..., Settings]) -> Callable[..., str]:
+    settings = settings_factory()
+
+    def token(user_id: str, *, moderator: bool = False, ttl: int = 3600) -> str:
+        return issue_token(settings.auth, user_id, moderator=moderator, ttl_seconds=ttl)
+
+    return token
+
+
+class Wired:
+    """The chat part built by the composition root, with a recording notifier instead of sockets."""
+
+    def __init__(self, container: Container, notifier: RecordingNotifier) -> None:
+        self.container = container
+        self.chat = container.chat
+        self.notifier = notifier
+        self.events = container.events
+
+
+async def wire(settings: Settings) -> Wired:
+    notifier = RecordingNotifier()
+    container = build_container(settings, notifier=notifier)
+    await container.events.ensure_indexes()
+    await container.conversations.ensure_indexes()
+    await container.messages.ensure_indexes()
+    return Wired(container, notifier)
+
+
+@pytest.fixture
+async def wired() -> AsyncIterator[Wired]:
+    w = await wire(make_settings())
+    yield w
+    await w.container.database.close()
+
+
+@pytest.fixture
+def wire_with() -> Callable[..., Any]:
+    opened: list[Wired] = []
+
+    async def build(**sections: dict[str, Any]) -> Wired:
+        w = await wire(make_settings(**sections))
+        opened.append(w)
+        return w
+
+    return build
+
+
+alice = person("alice")  # buyer in most tests
+bob = person("bob")  # seller
+mallory = person("mallory")  # a stranger to their conversations

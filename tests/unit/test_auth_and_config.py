@@ -1,0 +1,81 @@
+"""Tokens are verified strictly, and configuration mistakes stop the service with the variable's name."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from chat.auth import TokenVerifier, issue_token
+from chat.errors import Unauthenticated
+from config.settings import DEV_JWT_SECRET, AuthSettings, ConfigError, load_settings
+from tests.conftest import TEST_SECRET
+
+AUTH = AuthSettings(secret=TEST_SECRET)
+
+
+def code_of(token: object, settings: AuthSettings = AUTH) -> str:
+    with pytest.raises(Unauthenticated) as error:
+        TokenVerifier(settings).verify(token)
+    return error.value.code
+
+
+def test_a_valid_token_gives_the_identity() -> None:
+    token = issue_token(AUTH, "u1", name="Ann", moderator=True)
+    who = TokenVerifier(AUTH).verify(token)
+    assert (who.user_id, who.name, who.is_moderator) == ("u1", "Ann", True)
+
+
+@pytest.mark.parametrize(
+    ("token", "code"),
+    [
+        (None, "token_missing"),
+        ("", "token_missing"),
+        ("not-a-jwt", "token_invalid"),
+        (jwt.encode({"sub": "u1", "exp": int(time.time()) + 60}, "another-secret-of-enough-length-00000", "HS256"), "token_invalid"),
+        (jwt.encode({"sub": "u1", "exp": int(time.time()) - 3600}, TEST_SECRET, "HS256"), "token_expired"),
+        (jwt.encode({"sub": "u1"}, TEST_SECRET, "HS256"), "token_invalid"),  # no exp
+        (jwt.encode({"exp": int(time.time()) + 60}, TEST_SECRET, "HS256"), "token_invalid"),  # no sub
+        (jwt.encode({"sub": "u1", "exp": int(time.time()) + 60}, None, "none"), "token_invalid"),  # unsigned
+        (jwt.encode({"sub": "u1", "exp": int(time.time()) + 60, "roles": "moderator"}, TEST_SECRET, "HS256"), "token_invalid"),
+        (jwt.encode({"sub": 42, "exp": int(time.time()) + 60}, TEST_SECRET, "HS256"), "token_invalid"),
+    ],
+)
+def test_bad_tokens_are_refused_with_a_stable_code(token: object, code: str) -> None:
+    assert code_of(token) == code
+
+
+def test_rs256_tokens_verify_with_the_public_key_and_refuse_hs256_with_it_as_secret() -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    settings = AuthSettings(algorithm="RS256", public_key=public)
+    good = jwt.encode({"sub": "u9", "exp": int(time.time()) + 60}, key, "RS256")
+    assert TokenVerifier(settings).verify(good).user_id == "u9"
+    # the classic key-confusion attack: HS256 signed with the public key as the secret
+    forged = jwt.encode({"sub": "u9", "exp": int(time.time()) + 60}, "x" * 40, "HS256")
+    assert code_of(forged, settings) == "token_invalid"
+
+
+def test_a_bad_value_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="CHAT_MESSAGE_MAX_CHARS"):
+        load_settings({"chat": {"message_max_chars": 0}})
+    with pytest.raises(ConfigError, match="CHAT_CONTACT_POLICY"):
+        load_settings({"chat": {"contact_policy": "shout"}})
+
+
+def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHAT_MESSAGE_MAX_CHARS", "42")
+    monkeypatch.setenv("JWT_SECRET", TEST_SECRET)
+    settings = load_settings()
+    assert settings.chat.message_max_chars == 42 and settings.auth.secret == TEST_SECRET
+
+
+def test_production_refuses_the_dev_secret_and_the_embedded_database() -> None:
+    with pytest.raises(ConfigError) as error:
+        load_settings({"runtime": {"env": "production"}, "auth": {"secret": DEV_JWT_SECRET}})
+    assert "JWT_SECRET" in str(error.value) and "MONGODB_URI" in str(error.value)
+    ok = load_settings({"runtime": {"env": "production"}, "auth": {"secret": TEST_SECRET}, "mongo": {"uri": "mongodb://db:27017/?replicaSet=rs0"}})
+    assert ok.production
