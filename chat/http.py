@@ -49,12 +49,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPRequestEntityTooLarge:
         return error_response(PayloadTooLarge("the request body is too large", code="body_too_large"), request_id)
     except web.HTTPException as exc:
-        if (exc.status >= 400 and not exc.text) or (exc.text and not exc.text.startswith("{")):
-            code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
-            return web.json_response(
-                {"error": {"code": code, "message": exc.reason, "request_id": request_id}}, status=exc.status
-            )
-        raise
+        if exc.status < 400:
+            raise  # redirects and the like are answers, not errors
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        return web.json_response(
+            {"error": {"code": code, "message": exc.reason, "request_id": request_id}}, status=exc.status
+        )
     except Exception:
         log.exception("unhandled error", extra={"request_id": request_id, "path": request.path})
         return web.json_response(

@@ -83,12 +83,55 @@ class RedisSettings(_Section):
     url: str | None = None  # set it to run several service nodes that share Socket.IO rooms
 
 
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+
+class S3Settings(_Section):
+    model_config = SettingsConfigDict(env_prefix="S3_", extra="ignore", frozen=True)
+    bucket: str = "messenger-attachments"
+    region: str = "us-east-1"
+    endpoint_url: str | None = None  # unset: AWS; unset in development: the embedded S3 API server
+    public_endpoint_url: str | None = None  # what browsers reach, if different (presigning signs the host)
+    accelerate: bool = False  # S3 Transfer Acceleration for browser URLs (AWS only)
+    access_key_id: str | None = None  # unset: the AWS default credential chain
+    secret_access_key: str | None = None
+    embedded_port: int = Field(default=0, ge=0, le=65535)  # 0: any free port
+    embedded: bool | None = None  # None: embedded when no endpoint is set and not in production
+
+    @field_validator("endpoint_url", "public_endpoint_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
+class AttachmentSettings(_Section):
+    model_config = SettingsConfigDict(env_prefix="ATTACHMENTS_", extra="ignore", frozen=True)
+    max_file_size: int = Field(default=5 * GiB, ge=1)
+    multipart_threshold: int = Field(default=100 * MiB, ge=5 * MiB)
+    min_part_size: int = Field(default=8 * MiB, ge=5 * MiB)
+    max_part_size: int = Field(default=512 * MiB, le=5 * GiB)
+    upload_url_ttl_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600)
+    download_url_ttl_seconds: int = Field(default=300, ge=1, le=3600)
+    # An upload not completed by then is expired: its record rejected, its bytes deleted.
+    upload_expiry_seconds: int = Field(default=24 * 3600, ge=60)
+    allowed_types: list[str] = Field(default_factory=list)  # empty: any type not denied
+    denied_types: list[str] = Field(
+        default_factory=lambda: ["application/x-msdownload", "application/x-dosexec", "application/x-sh"]
+    )
+    max_per_message: int = Field(default=20, ge=1, le=50)
+
+
 SECTIONS: dict[str, type[_Section]] = {
     "runtime": RuntimeSettings,
     "auth": AuthSettings,
     "mongo": MongoSettings,
     "chat": ChatSettings,
     "redis": RedisSettings,
+    "s3": S3Settings,
+    "attachments": AttachmentSettings,
 }
 
 
@@ -99,10 +142,18 @@ class Settings:
     mongo: MongoSettings = field(default_factory=MongoSettings)
     chat: ChatSettings = field(default_factory=ChatSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
+    s3: S3Settings = field(default_factory=S3Settings)
+    attachments: AttachmentSettings = field(default_factory=AttachmentSettings)
 
     @property
     def production(self) -> bool:
         return self.runtime.env is Environment.PRODUCTION
+
+    @property
+    def embedded_s3(self) -> bool:
+        if self.s3.embedded is not None:
+            return self.s3.embedded
+        return self.s3.endpoint_url is None and not self.production
 
 
 def _variable_name(section: type[_Section], location: tuple[Any, ...]) -> str:
@@ -121,8 +172,25 @@ def load_settings(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> S
             problems = "; ".join(f"{_variable_name(section, tuple(err['loc']))}: {err['msg']}" for err in exc.errors())
             raise ConfigError(f"invalid configuration: {problems}") from None
     settings = Settings(**values)
+    _refuse_inconsistent(settings)
     _refuse_unsafe_production(settings)
     return settings
+
+
+def _refuse_inconsistent(settings: Settings) -> None:
+    problems = []
+    if settings.s3.accelerate and (settings.s3.endpoint_url or settings.s3.public_endpoint_url or settings.s3.embedded):
+        problems.append(
+            "S3_ACCELERATE=true works only against AWS itself: unset S3_ENDPOINT_URL and S3_PUBLIC_ENDPOINT_URL"
+            " (botocore cannot combine the accelerate endpoint with a custom one)"
+        )
+    a = settings.attachments
+    if a.min_part_size > a.max_part_size:
+        problems.append("ATTACHMENTS_MIN_PART_SIZE must not exceed ATTACHMENTS_MAX_PART_SIZE")
+    if a.max_file_size > a.max_part_size * 10_000:
+        problems.append("ATTACHMENTS_MAX_FILE_SIZE is more than 10,000 parts of ATTACHMENTS_MAX_PART_SIZE")
+    if problems:
+        raise ConfigError("invalid configuration: " + "; ".join(problems))
 
 
 def _refuse_unsafe_production(settings: Settings) -> None:
@@ -137,5 +205,7 @@ def _refuse_unsafe_production(settings: Settings) -> None:
         problems.append("JWT_PUBLIC_KEY must be set when JWT_ALGORITHM=RS256")
     if not settings.mongo.uri:
         problems.append("MONGODB_URI must point at a MongoDB replica set (the embedded engine is refused)")
+    if settings.s3.embedded:
+        problems.append("S3_EMBEDDED must not be true (the embedded S3 server keeps files in memory)")
     if problems:
         raise ConfigError("refusing to start in production (MESSENGER_ENV=production): " + "; ".join(problems))

@@ -1,0 +1,43 @@
+# The two commands a newcomer needs: `make run` starts the service with embedded defaults,
+# `make test` installs what the tests need (system packages included) and runs them.
+PYTHON ?= python3
+SYSTEM_PACKAGES := redis-server clamav-daemon clamav-testfiles chromium zip
+PORT ?= 8080
+
+.PHONY: run install test test-deps system-deps lint unit bench
+
+install:
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check .
+
+run: system-deps-run install
+	messenger serve --port $(PORT)
+
+test: test-deps
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m pytest
+
+unit:
+	$(PYTHON) -m pytest tests/unit
+
+test-deps: system-deps
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	npm ci --prefix tests/e2e/js --no-audit --no-fund --loglevel=error
+
+# clamd is a real part of the embedded default, so `make run` installs it too.
+system-deps-run:
+	@$(MAKE) --no-print-directory SYSTEM_PACKAGES="clamav-daemon" system-deps
+
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages:$$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+lint:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m mypy
+
+bench:
+	$(PYTHON) bench/chat.py

@@ -1,0 +1,241 @@
+"""The object store port and its S3 adapter (aioboto3): presigned browser URLs and verification reads.
+
+Two clients: one for the service's own calls (`S3_ENDPOINT_URL`) and one that only presigns the
+URLs browsers use (`S3_PUBLIC_ENDPOINT_URL`, or the accelerate endpoint), because a presigned URL
+signs the host it names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import aioboto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from config.settings import S3Settings
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    size: int
+    content_type: str | None
+    etag: str | None
+
+
+@dataclass(frozen=True)
+class StoredPart:
+    part_number: int
+    size: int
+    etag: str
+
+
+class UploadGone(Exception):
+    """The multipart upload no longer exists (completed, aborted or expired)."""
+
+
+class ObjectStorage(Protocol):
+    async def presign_post(self, key: str, *, size: int, content_type: str, expires_in: int) -> dict[str, Any]: ...
+    async def start_multipart(self, key: str, *, content_type: str) -> str: ...
+    async def presign_part(self, key: str, upload_id: str, part_number: int, *, expires_in: int) -> str: ...
+    async def list_parts(self, key: str, upload_id: str) -> list[StoredPart]: ...
+    async def complete_multipart(self, key: str, upload_id: str, parts: Sequence[StoredPart]) -> None: ...
+    async def abort_multipart(self, key: str, upload_id: str) -> None: ...
+    async def head(self, key: str) -> StoredObject | None: ...
+    async def read_range(self, key: str, start: int, length: int) -> bytes: ...
+    def stream(self, key: str, *, chunk_size: int) -> AsyncIterator[bytes]: ...
+    async def put(self, key: str, body: bytes, *, content_type: str) -> None: ...
+    async def copy(self, source_key: str, target_key: str) -> None: ...
+    async def delete(self, key: str) -> None: ...
+    async def presign_get(
+        self, key: str, *, expires_in: int, filename: str | None, content_type: str | None
+    ) -> str: ...
+    async def ping(self) -> None: ...
+
+
+def content_disposition(filename: str) -> str:
+    """RFC 6266 `attachment` with an ASCII fallback and the exact name in RFC 5987 encoding."""
+    fallback = "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\%;' else "_" for c in filename) or "download"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+class S3Storage:
+    def __init__(self, settings: S3Settings, *, endpoint_url: str | None = None, embedded: bool = False) -> None:
+        self._settings = settings
+        self._endpoint = endpoint_url or settings.endpoint_url
+        # The embedded server accepts any key; fixed ones spare the developer an AWS setup.
+        key_id, secret = ("messenger-embedded", "messenger-embedded") if embedded else (None, None)
+        self._session = aioboto3.Session(
+            aws_access_key_id=settings.access_key_id or key_id,
+            aws_secret_access_key=settings.secret_access_key or secret,
+            region_name=settings.region,
+        )
+        self._stack = contextlib.AsyncExitStack()
+        self._client: Any = None
+        self._browser_client: Any = None
+
+    @property
+    def bucket(self) -> str:
+        return self._settings.bucket
+
+    def use_endpoint(self, endpoint_url: str) -> None:
+        """Point at an endpoint known only at start (the embedded server's port)."""
+        self._endpoint = endpoint_url
+
+    async def start(self) -> None:
+        # Path-style addressing for custom endpoints: a bucket subdomain of 127.0.0.1 does not resolve.
+        path_style = {"addressing_style": "path"} if self._endpoint else {}
+        internal = Config(signature_version="s3v4", s3=path_style, retries={"max_attempts": 3, "mode": "standard"})
+        self._client = await self._stack.enter_async_context(
+            self._session.client("s3", endpoint_url=self._endpoint, config=internal)
+        )
+        public = self._settings.public_endpoint_url or self._endpoint
+        browser = Config(
+            signature_version="s3v4",
+            s3={
+                **({"addressing_style": "path"} if public else {}),
+                "use_accelerate_endpoint": self._settings.accelerate,
+            },
+        )
+        self._browser_client = await self._stack.enter_async_context(
+            self._session.client("s3", endpoint_url=public, config=browser)
+        )
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+
+    async def ensure_bucket(self, *, cors_origins: Sequence[str] = ("*",)) -> None:
+        """Create the bucket with the CORS rule browsers need (used for the embedded server and tests)."""
+        try:
+            await self._client.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            await self._client.create_bucket(Bucket=self.bucket)
+        await self._client.put_bucket_cors(Bucket=self.bucket, CORSConfiguration=cors_rule(cors_origins))
+
+    async def presign_post(self, key: str, *, size: int, content_type: str, expires_in: int) -> dict[str, Any]:
+        # The policy pins the exact key, the exact byte count and the type: S3 refuses anything else.
+        post: dict[str, Any] = await self._browser_client.generate_presigned_post(
+            Bucket=self.bucket,
+            Key=key,
+            Fields={"Content-Type": content_type},
+            Conditions=[{"Content-Type": content_type}, ["content-length-range", size, size]],
+            ExpiresIn=expires_in,
+        )
+        return post
+
+    async def start_multipart(self, key: str, *, content_type: str) -> str:
+        response = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key, ContentType=content_type)
+        return str(response["UploadId"])
+
+    async def presign_part(self, key: str, upload_id: str, part_number: int, *, expires_in: int) -> str:
+        url: str = await self._browser_client.generate_presigned_url(
+            "upload_part",
+            Params={"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": part_number},
+            ExpiresIn=expires_in,
+        )
+        return url
+
+    async def list_parts(self, key: str, upload_id: str) -> list[StoredPart]:
+        parts: list[StoredPart] = []
+        marker = 0
+        while True:
+            try:
+                response = await self._client.list_parts(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker, MaxParts=1000
+                )
+            except ClientError as exc:
+                if _code(exc) in ("NoSuchUpload", "404"):
+                    raise UploadGone(upload_id) from None
+                raise
+            parts += [
+                StoredPart(int(p["PartNumber"]), int(p["Size"]), str(p["ETag"])) for p in response.get("Parts", [])
+            ]
+            if not response.get("IsTruncated"):
+                return parts
+            marker = int(response["NextPartNumberMarker"])
+
+    async def complete_multipart(self, key: str, upload_id: str, parts: Sequence[StoredPart]) -> None:
+        try:
+            await self._client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": [{"PartNumber": p.part_number, "ETag": p.etag} for p in parts]},
+            )
+        except ClientError as exc:
+            if _code(exc) == "NoSuchUpload":
+                raise UploadGone(upload_id) from None
+            raise
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        with contextlib.suppress(ClientError):
+            await self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+
+    async def head(self, key: str) -> StoredObject | None:
+        try:
+            response = await self._client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return StoredObject(int(response["ContentLength"]), response.get("ContentType"), response.get("ETag"))
+
+    async def read_range(self, key: str, start: int, length: int) -> bytes:
+        response = await self._client.get_object(
+            Bucket=self.bucket, Key=key, Range=f"bytes={start}-{start + length - 1}"
+        )
+        async with response["Body"] as body:
+            data: bytes = await body.read()
+        return data
+
+    async def stream(self, key: str, *, chunk_size: int) -> AsyncIterator[bytes]:
+        response = await self._client.get_object(Bucket=self.bucket, Key=key)
+        async with response["Body"] as body:
+            while chunk := await body.read(chunk_size):
+                yield chunk
+
+    async def put(self, key: str, body: bytes, *, content_type: str) -> None:
+        await self._client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
+
+    async def copy(self, source_key: str, target_key: str) -> None:
+        await self._client.copy_object(
+            Bucket=self.bucket, Key=target_key, CopySource={"Bucket": self.bucket, "Key": source_key}
+        )
+
+    async def delete(self, key: str) -> None:
+        await self._client.delete_object(Bucket=self.bucket, Key=key)
+
+    async def presign_get(self, key: str, *, expires_in: int, filename: str | None, content_type: str | None) -> str:
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if filename is not None:
+            params["ResponseContentDisposition"] = content_disposition(filename)
+        if content_type is not None:
+            params["ResponseContentType"] = content_type
+        url: str = await self._browser_client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_in)
+        return url
+
+    async def ping(self) -> None:
+        await self._client.head_bucket(Bucket=self.bucket)
+
+
+def cors_rule(origins: Sequence[str]) -> dict[str, Any]:
+    """The bucket CORS rule browser uploads need (documented in docs/attachments.md)."""
+    return {
+        "CORSRules": [
+            {
+                "AllowedOrigins": list(origins),
+                "AllowedMethods": ["GET", "PUT", "POST", "HEAD"],
+                "AllowedHeaders": ["*"],
+                "ExposeHeaders": ["ETag"],  # the browser needs each part's ETag to complete
+                "MaxAgeSeconds": 3600,
+            }
+        ]
+    }
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
