@@ -7,11 +7,10 @@ conversation that does not exist, so ids cannot be probed.
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import contextlib
 import logging
 import time
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -24,6 +23,7 @@ from chat.clock import epoch_ms, iso, utc_now
 from chat.contact_filter import find_contacts, mask_contacts
 from chat.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge, RateLimited
 from chat.events import OUTBOX_FIELD, Outbox, new_event
+from chat.locks import ConversationLocks, LocalLocks
 from chat.metrics import ChatMetrics
 from chat.ports import AttachmentDirectory, Notifier
 from chat.presence import PresenceTracker
@@ -33,10 +33,6 @@ from chat.views import conversation_view, message_view, role_of
 from config.settings import ChatSettings, ContactPolicy
 
 log = logging.getLogger(__name__)
-
-# Sends to one conversation are serialised per node, so seqs are taken without contention and
-# events leave in seq order; the unique (conversation_id, seq) index settles races between nodes.
-LOCK_STRIPES = 1024
 
 
 class MessageKind(StrEnum):
@@ -62,6 +58,7 @@ class ChatService:
         presence: PresenceTracker,
         attachments: AttachmentDirectory,
         metrics: ChatMetrics,
+        locks: ConversationLocks | None = None,
     ) -> None:
         self._settings = settings
         self._conversations = conversations
@@ -73,7 +70,7 @@ class ChatService:
         self._metrics = metrics
         self._send_limits = TokenBuckets(settings.send_rate_per_second, settings.send_burst)
         self._typing_limits = MinInterval(settings.typing_min_interval_seconds)
-        self._locks = [asyncio.Lock() for _ in range(LOCK_STRIPES)]
+        self._locks = locks or LocalLocks()
 
     def use_attachments(self, attachments: AttachmentDirectory) -> None:
         """Wire in the attachments part (it is built after chat, since it depends on chat)."""
@@ -335,30 +332,41 @@ class ChatService:
         conversation = await self.conversation_for(caller, doc["conversation_id"])  # strangers: not found
         if doc["sender_id"] != caller.user_id:
             raise Forbidden("only the sender can change a message", code="not_the_sender")
-        if doc.get("deleted"):
-            raise Conflict("the message was deleted", code="message_deleted")
         if doc["kind"] != MessageKind.TEXT:
             raise Conflict("only text messages can be changed", code="message_not_editable")
+        updated = await self._apply_change(doc, conversation, event_type, changes_for, extra_events)
+        described = await self._attachments.describe(updated.get("attachment_ids", []))
+        return message_view(updated, caller.user_id, described)
+
+    async def _apply_change(
+        self,
+        doc: Doc,
+        conversation: Doc,
+        event_type: str,
+        changes_for: Any,
+        extra_events: Any = None,
+        event_extra: Mapping[str, Any] | None = None,
+    ) -> Doc:
+        """Change a message in place; the change takes the conversation's next seq as updated_seq."""
+        if doc.get("deleted"):
+            raise Conflict("the message was deleted", code="message_deleted")
+        message_id = doc["_id"]
         async with self._lock_for(doc["conversation_id"]):
             fresh = await self._conversations.get(doc["conversation_id"])
             # The change takes the conversation's next sequence number: a client that syncs from
             # the highest seq it has seen therefore sees the change (see docs/architecture.md).
             updated_seq = int((fresh or conversation)["last_seq"]) + 1
             changes = {**changes_for(doc), "updated_seq": updated_seq}
-            events = [
-                new_event(
-                    event_type,
-                    doc["conversation_id"],
-                    {
-                        "message_id": message_id,
-                        "conversation_id": doc["conversation_id"],
-                        "seq": doc["seq"],
-                        "updated_seq": updated_seq,
-                        "sender_id": doc["sender_id"],
-                        **({"text": changes["text"]} if event_type == "message.edited" else {}),
-                    },
-                )
-            ]
+            data = {
+                "message_id": message_id,
+                "conversation_id": doc["conversation_id"],
+                "seq": doc["seq"],
+                "updated_seq": updated_seq,
+                "sender_id": doc["sender_id"],
+                **({"text": changes["text"]} if event_type == "message.edited" else {}),
+                **(event_extra or {}),
+            }
+            events = [new_event(event_type, doc["conversation_id"], data)]
             events += extra_events(doc) if extra_events else []
             updated = await self._messages.update(message_id, changes, events, expect={"deleted": False})
             if updated is None:
@@ -367,7 +375,47 @@ class ChatService:
             await self._outbox.flush("messages", message_id)
             described = await self._attachments.describe(updated.get("attachment_ids", []))
             await self._fan_out("message:updated", updated, conversation["participants"], described)
-        return message_view(updated, caller.user_id, described)
+        return updated
+
+    # --- moderation ----------------------------------------------------------------------
+
+    async def message_for_moderation(self, message_id: str) -> dict[str, Any]:
+        """A message as a moderator reviews it: the original text, whatever the recipient saw."""
+        doc = await self._messages.get(message_id)
+        if doc is None:
+            raise NotFound("no such message", code="message_not_found")
+        described = await self._attachments.describe(doc.get("attachment_ids", []))
+        view = message_view(doc, doc["sender_id"], described)
+        view["flag_reasons"] = list(doc.get("flag_reasons") or [])
+        return view
+
+    async def moderate_message(
+        self, message_id: str, *, release: bool, decision_id: str, events: Sequence[Doc] = ()
+    ) -> dict[str, Any]:
+        """Release a flagged or held message (the recipient then sees it), or remove it."""
+        doc = await self._messages.get(message_id)
+        if doc is None:
+            raise NotFound("no such message", code="message_not_found")
+        conversation = await self._conversations.get(doc["conversation_id"])
+        if conversation is None:  # pragma: no cover - a message never outlives its conversation
+            raise NotFound("no such conversation", code="conversation_not_found")
+        review = {"decision_id": decision_id, "action": "release" if release else "reject"}
+
+        def released(_: Doc) -> dict[str, Any]:
+            return {"held": False, "review": review}
+
+        def removed(_: Doc) -> dict[str, Any]:
+            return {"text": "", "masked_text": None, "deleted": True, "held": False, "review": review}
+
+        updated = await self._apply_change(
+            doc,
+            conversation,
+            "message.released" if release else "message.deleted",
+            released if release else removed,
+            extra_events=lambda _: list(events),
+            event_extra={"by_moderator": True},
+        )
+        return message_view(updated, updated["sender_id"])
 
     async def history(
         self, caller: Identity, conversation_id: str, *, after_seq: int | None, before_seq: int | None, limit: int
@@ -447,8 +495,8 @@ class ChatService:
             return []
         return list(find_contacts(text))
 
-    def _lock_for(self, conversation_id: str) -> asyncio.Lock:
-        return self._locks[zlib.crc32(conversation_id.encode()) % LOCK_STRIPES]
+    def _lock_for(self, conversation_id: str) -> contextlib.AbstractAsyncContextManager[None]:
+        return self._locks.hold(conversation_id)
 
     async def _fan_out(
         self, event: str, doc: Doc, user_ids: Sequence[str], described: Mapping[str, dict[str, Any]]

@@ -124,6 +124,43 @@ class AttachmentSettings(_Section):
     max_per_message: int = Field(default=20, ge=1, le=50)
 
 
+class ScannerSettings(_Section):
+    model_config = SettingsConfigDict(env_prefix="CLAMD_", extra="ignore", frozen=True)
+    # tcp://host:port or a unix socket path; unset: the service starts its own clamd
+    address: str | None = None
+    stream_max_length: int = Field(default=100 * MiB, ge=1)
+    chunk_size: int = Field(default=1 * MiB, ge=4096, le=64 * MiB)
+    timeout_seconds: float = Field(default=60.0, gt=0)
+
+
+class WorkerSettings(_Section):
+    model_config = SettingsConfigDict(env_prefix="WORKER_", extra="ignore", frozen=True)
+    concurrency: int = Field(default=4, ge=1, le=256)
+    lease_seconds: float = Field(default=60.0, ge=1)
+    max_attempts: int = Field(default=5, ge=1)
+    backoff_base_seconds: float = Field(default=2.0, ge=0)
+    poll_interval_seconds: float = Field(default=0.5, gt=0)
+    embedded: bool = True  # run the pipeline inside `messenger serve`; false when `messenger worker`s run it
+
+
+class PreviewSettings(_Section):
+    model_config = SettingsConfigDict(env_prefix="PREVIEW_", extra="ignore", frozen=True)
+    max_source_bytes: int = Field(default=50 * MiB, ge=1)  # larger files get no local preview
+    thumbnail_px: int = Field(default=480, ge=32, le=4096)
+    cloudinary_url: str | None = Field(default=None, validation_alias="CLOUDINARY_URL")
+    cloudinary_folder: str = "messenger"
+    cloudinary_upload_prefix: str | None = None  # another API host (tests use a local stand-in)
+
+
+class KafkaSettings(_Section):
+    model_config = SettingsConfigDict(env_prefix="KAFKA_", extra="ignore", frozen=True)
+    bootstrap_servers: str | None = None  # unset: events stay in the outbox (GET /api/v1/events)
+    topic_prefix: str = "messenger"
+    idempotence: bool = True  # the broker must support InitProducerId; switch off for ones that do not
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    poll_interval_seconds: float = Field(default=0.2, gt=0)
+
+
 SECTIONS: dict[str, type[_Section]] = {
     "runtime": RuntimeSettings,
     "auth": AuthSettings,
@@ -132,6 +169,10 @@ SECTIONS: dict[str, type[_Section]] = {
     "redis": RedisSettings,
     "s3": S3Settings,
     "attachments": AttachmentSettings,
+    "scanner": ScannerSettings,
+    "worker": WorkerSettings,
+    "preview": PreviewSettings,
+    "kafka": KafkaSettings,
 }
 
 
@@ -144,6 +185,10 @@ class Settings:
     redis: RedisSettings = field(default_factory=RedisSettings)
     s3: S3Settings = field(default_factory=S3Settings)
     attachments: AttachmentSettings = field(default_factory=AttachmentSettings)
+    scanner: ScannerSettings = field(default_factory=ScannerSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    preview: PreviewSettings = field(default_factory=PreviewSettings)
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
 
     @property
     def production(self) -> bool:
@@ -183,6 +228,11 @@ def _refuse_inconsistent(settings: Settings) -> None:
         problems.append(
             "S3_ACCELERATE=true works only against AWS itself: unset S3_ENDPOINT_URL and S3_PUBLIC_ENDPOINT_URL"
             " (botocore cannot combine the accelerate endpoint with a custom one)"
+        )
+    if settings.redis.url and not settings.mongo.uri:
+        problems.append(
+            "REDIS_URL runs several nodes, and they must share one database: set MONGODB_URI"
+            " (the embedded engine lives inside one process)"
         )
     a = settings.attachments
     if a.min_part_size > a.max_part_size:

@@ -1,8 +1,8 @@
-"""The one composition root: `build_container` wires every part, `create_app` serves it.
+"""The one composition root: `build_container` wires every part, `create_app` serves it, `run_worker` works it.
 
 Nothing is connected at import time. Clients are built here without I/O; everything that needs
-I/O at start (indexes, background tasks) runs in an aiohttp cleanup context, so teardown runs
-for exactly what started.
+I/O at start (indexes, the embedded S3 server and clamd, background loops) runs in start-up
+contexts that the HTTP server and the worker share, so teardown runs for exactly what started.
 """
 
 from __future__ import annotations
@@ -10,22 +10,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import socketio
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from attachments.deliveries import DeliveryService, DeliveryStore
 from attachments.embedded_s3 import EmbeddedS3
-from attachments.rest import AttachmentRoutes
+from attachments.moderation import ModerationQueue, ModerationService, ModerationStore
+from attachments.rest import AttachmentRoutes, DeliveryRoutes, ModerationRoutes
 from attachments.service import AttachmentService
 from attachments.storage import S3Storage
 from attachments.store import AttachmentStore
 from chat.auth import TokenVerifier
 from chat.events import EventLog, Outbox
 from chat.http import auth_middleware, errors_middleware
+from chat.locks import LocalLocks, RedisLocks
 from chat.metrics import ChatMetrics
 from chat.ports import NoAttachments, Notifier
 from chat.presence import LocalPresence, PresenceTracker, RedisPresence
@@ -36,14 +40,30 @@ from chat.store import ConversationStore, MessageStore
 from config.settings import Settings
 from messenger import __version__
 from messenger.database import Database, open_database
+from scanner import ClamdClient, ClamdUnavailable, EmbeddedClamd, ScanResult, Verdict
+from workers.pipeline import AttachmentPipeline, Scanner
+from workers.previews import LocalPreviewRenderer, PreviewRenderer
 
 log = logging.getLogger(__name__)
 
-OUTBOX_COLLECTIONS = ("messages", "attachments")
+OUTBOX_COLLECTIONS = ("messages", "attachments", "deliveries", "reports")
 HOUSEKEEPING_INTERVAL_SECONDS = 60
 # A text message is at most a few tens of KB; anything far larger is abuse.
 MAX_SOCKET_PAYLOAD = 256 * 1024
 MAX_REST_BODY = 256 * 1024
+
+
+class UnavailableScanner:
+    """Stands in for clamd when it could not be started: nothing is scanned, so nothing is released."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    async def ping(self) -> bool:
+        return False
+
+    async def scan_stream(self, chunks: Any) -> ScanResult:
+        return ScanResult(Verdict.ERROR, reason=self.reason)
 
 
 @dataclass
@@ -61,34 +81,73 @@ class Container:
     storage: S3Storage
     attachment_store: AttachmentStore
     attachments: AttachmentService
+    deliveries: DeliveryService
+    delivery_store: DeliveryStore
+    moderation: ModerationService
+    moderation_store: ModerationStore
+    moderation_queue: ModerationQueue
+    previews: PreviewRenderer
+    notifier: Notifier
     embedded_s3: EmbeddedS3 | None = None
+    embedded_clamd: EmbeddedClamd | None = None
+    scanner: Scanner = field(default_factory=lambda: UnavailableScanner("clamd has not been started"))
     redis: Any = None
     background: list[asyncio.Task[Any]] = field(default_factory=list)
 
+    def pipeline(self, *, worker_id: str | None = None) -> AttachmentPipeline:
+        return AttachmentPipeline(
+            self.settings.worker,
+            self.settings.scanner,
+            self.attachment_store,
+            self.storage,
+            self.scanner,
+            self.previews,
+            self.attachments,
+            self.deliveries,
+            worker_id=worker_id,
+        )
+
     def describe(self) -> list[str]:
+        s = self.settings
+        if self.embedded_s3 is not None:
+            files = f"embedded S3 API server (moto, in memory) at {self.embedded_s3.endpoint_url}, bucket {s.s3.bucket}"
+        else:
+            where = s.s3.endpoint_url or f"AWS S3 ({s.s3.region})"
+            files = f"S3 at {where}, bucket {s.s3.bucket}" + (
+                ", browser URLs via Transfer Acceleration" if s.s3.accelerate else ""
+            )
+        if isinstance(self.scanner, UnavailableScanner):
+            scanning = f"UNAVAILABLE ({self.scanner.reason}); uploads wait unscanned"
+        elif self.embedded_clamd is not None:
+            scanning = f"embedded clamd at {self.embedded_clamd.address} with the bundled test signatures"
+        else:
+            scanning = f"clamd at {s.scanner.address}"
+        workers = "inside this process" if s.worker.embedded else "separate `messenger worker` processes"
+        previews = "Cloudinary" if s.preview.cloudinary_url else "local renderer (Pillow, pypdfium2)"
+        events = (
+            f"Kafka at {s.kafka.bootstrap_servers} (relayed from the outbox)"
+            if s.kafka.bootstrap_servers
+            else "durable outbox only"
+        )
         nodes = (
             "shared through Redis (several nodes)"
             if self.redis is not None
             else "this node only (set REDIS_URL for several)"
         )
-        s3 = self.settings.s3
-        if self.embedded_s3 is not None:
-            storage = f"embedded S3 API server (moto, in memory) at {self.embedded_s3.endpoint_url}, bucket {s3.bucket}"
-        else:
-            where = s3.endpoint_url or f"AWS S3 ({s3.region})"
-            storage = f"S3 at {where}, bucket {s3.bucket}" + (
-                ", browser URLs via Transfer Acceleration" if s3.accelerate else ""
-            )
         return [
             f"database: {self.database.description}",
-            f"files: {storage}",
-            "events: durable outbox (MongoDB collection `events`), read at GET /api/v1/events",
+            f"files: {files}",
+            f"virus scanning: {scanning}",
+            f"previews: {previews}",
+            f"events: {events}; readable at GET /api/v1/events",
             f"socket.io rooms and presence: {nodes}",
-            f"contact policy: {self.settings.chat.contact_policy}",
+            f"pipeline workers: {workers}",
+            f"contact policy: {s.chat.contact_policy}",
         ]
 
 
-def build_container(settings: Settings, *, notifier: Notifier | None = None) -> Container:
+def build_container(settings: Settings, *, notifier: Notifier | None = None, write_only: bool = False) -> Container:
+    """Wire every part. `write_only` is for workers: they emit to sockets (through Redis) but serve none."""
     database = open_database(settings.mongo)
     db = database.db
     registry = CollectorRegistry()
@@ -102,7 +161,9 @@ def build_container(settings: Settings, *, notifier: Notifier | None = None) -> 
         import redis.asyncio as redis_asyncio
 
         redis_client = redis_asyncio.from_url(settings.redis.url)
-        client_manager = socketio.AsyncRedisManager(settings.redis.url, channel="messenger-socketio")
+        client_manager = socketio.AsyncRedisManager(
+            settings.redis.url, channel="messenger-socketio", write_only=write_only
+        )
         presence = RedisPresence(redis_client)
     sio = socketio.AsyncServer(
         async_mode="aiohttp",
@@ -112,19 +173,16 @@ def build_container(settings: Settings, *, notifier: Notifier | None = None) -> 
         logger=False,
         engineio_logger=False,
     )
-    notifier = notifier or SocketNotifier(sio)
+    if notifier is None:
+        notifier = SocketNotifier(client_manager if write_only and client_manager is not None else sio)
     conversations = ConversationStore(db)
     messages = MessageStore(db)
+    # Sends hold their conversation's lock across nodes, so pushes leave in seq order everywhere.
+    locks = RedisLocks(redis_client) if redis_client is not None else LocalLocks()
     chat = ChatService(
-        settings.chat,
-        conversations,
-        messages,
-        outbox,
-        notifier,
-        presence,
-        NoAttachments(),
-        metrics,
+        settings.chat, conversations, messages, outbox, notifier, presence, NoAttachments(), metrics, locks
     )
+
     embedded_s3 = EmbeddedS3(settings.s3.embedded_port) if settings.embedded_s3 else None
     storage = S3Storage(
         settings.s3, endpoint_url=embedded_s3.endpoint_url if embedded_s3 else None, embedded=embedded_s3 is not None
@@ -132,6 +190,41 @@ def build_container(settings: Settings, *, notifier: Notifier | None = None) -> 
     attachment_store = AttachmentStore(db)
     attachments = AttachmentService(settings.attachments, attachment_store, storage, chat, outbox, notifier)
     chat.use_attachments(attachments)
+    delivery_store = DeliveryStore(db)
+    deliveries = DeliveryService(delivery_store, chat, attachments, attachment_store, outbox, notifier)
+    moderation_store = ModerationStore(db)
+    moderation_queue = ModerationQueue(moderation_store, events)
+    moderation = ModerationService(
+        moderation_store,
+        moderation_queue,
+        chat,
+        messages,
+        attachments,
+        attachment_store,
+        storage,
+        deliveries,
+        events,
+        outbox,
+    )
+    previews: PreviewRenderer
+    if settings.preview.cloudinary_url:
+        from workers.cloudinary_previews import CloudinaryPreviewRenderer
+
+        previews = CloudinaryPreviewRenderer(
+            storage,
+            cloudinary_url=settings.preview.cloudinary_url,
+            folder=settings.preview.cloudinary_folder,
+            upload_prefix=settings.preview.cloudinary_upload_prefix,
+        )
+    else:
+        previews = LocalPreviewRenderer(
+            storage, max_source_bytes=settings.preview.max_source_bytes, thumbnail_px=settings.preview.thumbnail_px
+        )
+    embedded_clamd = None
+    if not settings.scanner.address:
+        embedded_clamd = EmbeddedClamd(
+            Path(settings.runtime.data_dir).absolute() / "clamd", stream_max_length=settings.scanner.stream_max_length
+        )
     container = Container(
         settings=settings,
         database=database,
@@ -146,42 +239,33 @@ def build_container(settings: Settings, *, notifier: Notifier | None = None) -> 
         storage=storage,
         attachment_store=attachment_store,
         attachments=attachments,
+        deliveries=deliveries,
+        delivery_store=delivery_store,
+        moderation=moderation,
+        moderation_store=moderation_store,
+        moderation_queue=moderation_queue,
+        previews=previews,
+        notifier=notifier,
         embedded_s3=embedded_s3,
+        embedded_clamd=embedded_clamd,
         redis=redis_client,
     )
     ChatGateway(sio, chat, container.verifier, metrics).register()
     return container
 
 
-CONTAINER = web.AppKey("container", Container)
+# --- start-up contexts, shared by `serve` and `worker` -------------------------------------------
 
 
-def create_app(settings: Settings, *, notifier: Notifier | None = None) -> web.Application:
-    container = build_container(settings, notifier=notifier)
-    app = web.Application(
-        middlewares=[errors_middleware, auth_middleware(container.verifier)],
-        client_max_size=MAX_REST_BODY,
-    )
-    app[CONTAINER] = container
-    container.sio.attach(app)
-    ChatRoutes(container.chat, container.events).register(app)
-    AttachmentRoutes(container.attachments).register(app)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    app.cleanup_ctx.append(database_context)
-    app.cleanup_ctx.append(storage_context)
-    app.cleanup_ctx.append(background_context)
-    return app
-
-
-async def database_context(app: web.Application) -> AsyncIterator[None]:
-    container = app[CONTAINER]
+@contextlib.asynccontextmanager
+async def database_started(container: Container) -> AsyncIterator[None]:
     try:
         await container.events.ensure_indexes()
         await container.conversations.ensure_indexes()
         await container.messages.ensure_indexes()
         await container.attachment_store.ensure_indexes()
+        await container.delivery_store.ensure_indexes()
+        await container.moderation_store.ensure_indexes()
         # A crash may have left events in documents; move them before serving.
         await container.outbox.sweep()
         yield
@@ -191,8 +275,8 @@ async def database_context(app: web.Application) -> AsyncIterator[None]:
         await container.database.close()
 
 
-async def storage_context(app: web.Application) -> AsyncIterator[None]:
-    container = app[CONTAINER]
+@contextlib.asynccontextmanager
+async def storage_started(container: Container) -> AsyncIterator[None]:
     if container.embedded_s3 is not None:
         await asyncio.to_thread(container.embedded_s3.start)
     try:
@@ -206,6 +290,69 @@ async def storage_context(app: web.Application) -> AsyncIterator[None]:
             await asyncio.to_thread(container.embedded_s3.stop)
 
 
+@contextlib.asynccontextmanager
+async def scanner_started(container: Container) -> AsyncIterator[None]:
+    s = container.settings.scanner
+    try:
+        if s.address:
+            container.scanner = ClamdClient(
+                s.address, chunk_size=s.chunk_size, timeout=s.timeout_seconds, stream_max_length=s.stream_max_length
+            )
+        elif container.embedded_clamd is not None:
+            try:
+                address = await container.embedded_clamd.start()
+            except ClamdUnavailable as exc:
+                # Fail closed but keep chatting: uploads wait unscanned and /readyz says why.
+                log.error("virus scanning is unavailable: %s", exc)
+                container.scanner = UnavailableScanner(str(exc))
+            else:
+                container.scanner = ClamdClient(
+                    address, chunk_size=s.chunk_size, timeout=s.timeout_seconds, stream_max_length=s.stream_max_length
+                )
+        yield
+    finally:
+        if container.embedded_clamd is not None:
+            await container.embedded_clamd.stop()
+
+
+@contextlib.asynccontextmanager
+async def loops_started(container: Container, *, pipeline: bool, housekeeping: bool) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    tasks = container.background
+
+    def spawn(name: str, job: Callable[[], Any]) -> None:
+        tasks.append(asyncio.create_task(job(), name=name))
+
+    spawn("outbox-sweeper", container.outbox.run_sweeper)
+    if housekeeping:
+        spawn("upload-expiry", lambda: expire_uploads_forever(container))
+        spawn("moderation-queue", container.moderation_queue.run_forever)
+    if pipeline:
+        spawn("pipeline", lambda: container.pipeline().run(stop))
+    relay = None
+    if container.settings.kafka.bootstrap_servers:
+        from workers.kafka_relay import KafkaRelay
+
+        relay = KafkaRelay(container.settings.kafka, container.events, container.database.db)
+        spawn("kafka-relay", relay.run_forever)
+    try:
+        yield
+    finally:
+        stop.set()
+        pipeline_tasks = [t for t in tasks if t.get_name() == "pipeline"]
+        if pipeline_tasks:
+            # Graceful: jobs in hand get a moment to finish; their leases cover anything cut short.
+            await asyncio.wait(pipeline_tasks, timeout=10)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        tasks.clear()
+        if relay is not None:
+            await relay.stop()
+
+
 async def expire_uploads_forever(container: Container) -> None:
     while True:
         await asyncio.sleep(HOUSEKEEPING_INTERVAL_SECONDS)
@@ -217,18 +364,59 @@ async def expire_uploads_forever(container: Container) -> None:
             log.exception("expiring stale uploads failed; will retry")
 
 
-async def background_context(app: web.Application) -> AsyncIterator[None]:
-    container = app[CONTAINER]
-    container.background.append(asyncio.create_task(container.outbox.run_sweeper(), name="outbox-sweeper"))
-    container.background.append(asyncio.create_task(expire_uploads_forever(container), name="upload-expiry"))
+def log_what_runs(container: Container, role: str) -> None:
     for line in container.describe():
-        log.info("messenger %s %s", __version__, line)
-    yield
-    for task in container.background:
-        task.cancel()
-    for task in container.background:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        log.info("messenger %s %s %s", __version__, role, line)
+
+
+# --- the HTTP service ---------------------------------------------------------------------------
+
+CONTAINER = web.AppKey("container", Container)
+
+
+def create_app(
+    settings: Settings, *, notifier: Notifier | None = None, run_pipeline: bool | None = None
+) -> web.Application:
+    container = build_container(settings, notifier=notifier)
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware(container.verifier)], client_max_size=MAX_REST_BODY
+    )
+    app[CONTAINER] = container
+    container.sio.attach(app)
+    ChatRoutes(container.chat, container.events).register(app)
+    AttachmentRoutes(container.attachments).register(app)
+    DeliveryRoutes(container.deliveries).register(app)
+    ModerationRoutes(container.moderation).register(app)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    pipeline = settings.worker.embedded if run_pipeline is None else run_pipeline
+
+    async def started(app: web.Application) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(database_started(container))
+            await stack.enter_async_context(storage_started(container))
+            await stack.enter_async_context(scanner_started(container))
+            await stack.enter_async_context(loops_started(container, pipeline=pipeline, housekeeping=True))
+            log_what_runs(container, "serve")
+            yield
+
+    app.cleanup_ctx.append(started)
+    return app
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
+    """`messenger worker`: the pipeline (and the outbox relay) without the HTTP service."""
+    container = build_container(settings, write_only=True)
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(database_started(container))
+        await stack.enter_async_context(storage_started(container))
+        await stack.enter_async_context(scanner_started(container))
+        await stack.enter_async_context(loops_started(container, pipeline=True, housekeeping=False))
+        if container.redis is None:
+            log.warning("REDIS_URL is not set: status changes reach clients on their next sync, not live")
+        log_what_runs(container, "worker")
+        await stop.wait()
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -238,22 +426,23 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     container = request.app[CONTAINER]
     checks: dict[str, str] = {}
-    try:
-        await asyncio.wait_for(container.database.ping(), timeout=3)
-        checks["mongodb"] = "ok"
-    except Exception as exc:
-        checks["mongodb"] = f"unreachable: {type(exc).__name__}"
-    try:
-        await asyncio.wait_for(container.storage.ping(), timeout=3)
-        checks["s3"] = "ok"
-    except Exception as exc:
-        checks["s3"] = f"unreachable: {type(exc).__name__}"
-    if container.redis is not None:
+
+    async def check(name: str, probe: Callable[[], Any]) -> None:
         try:
-            await asyncio.wait_for(container.redis.ping(), timeout=3)
-            checks["redis"] = "ok"
+            result = await asyncio.wait_for(probe(), timeout=3)
+            if result is False:
+                reason = getattr(container.scanner, "reason", "does not answer PING")
+                checks[name] = f"unreachable: {reason}"
+            else:
+                checks[name] = "ok"
         except Exception as exc:
-            checks["redis"] = f"unreachable: {type(exc).__name__}"
+            checks[name] = f"unreachable: {type(exc).__name__}: {exc}"[:300]
+
+    await check("mongodb", container.database.ping)
+    await check("s3", container.storage.ping)
+    await check("clamd", container.scanner.ping)
+    if container.redis is not None:
+        await check("redis", container.redis.ping)
     failed = sorted(name for name, state in checks.items() if state != "ok")
     if failed:
         return web.json_response(

@@ -9,7 +9,7 @@ import sys
 from aiohttp import web
 
 from chat.auth import issue_token
-from config.settings import ConfigError, load_settings
+from config.settings import ConfigError, Settings, load_settings
 from messenger import __version__
 from messenger.logs import configure_logging
 
@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run the HTTP + Socket.IO service")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
+
+    commands.add_parser("worker", help="run the attachment pipeline (scan, preview, release) and the event relay")
 
     token = commands.add_parser("token", help="print a token signed with the configured secret")
     token.add_argument("user_id")
@@ -48,10 +50,30 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     configure_logging(settings.runtime.log_level)
+    if args.command == "worker":
+        return run_worker_until_signalled(settings)
     from messenger.app import create_app
 
     log.info("messenger %s serving http://%s:%d (env %s)", __version__, args.host, args.port, settings.runtime.env)
     web.run_app(create_app(settings), host=args.host, port=args.port, print=None, access_log=None, handle_signals=True)
+    return 0
+
+
+def run_worker_until_signalled(settings: Settings) -> int:
+    import asyncio
+    import signal
+
+    from messenger.app import run_worker
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await run_worker(settings, stop)
+
+    log.info("messenger %s worker starting", __version__)
+    asyncio.run(main())
     return 0
 
 

@@ -7,6 +7,7 @@ database of its own.
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -22,7 +23,11 @@ TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 
 
 def make_settings(**sections: dict[str, Any]) -> Settings:
-    overrides: dict[str, dict[str, Any]] = {"auth": {"secret": TEST_SECRET}}
+    overrides: dict[str, dict[str, Any]] = {
+        "auth": {"secret": TEST_SECRET},
+        # Each app its own files (the embedded clamd's socket and log among them).
+        "runtime": {"data_dir": tempfile.mkdtemp(prefix="messenger-test-")},
+    }
     mongo: dict[str, Any] = {"database": f"test_{uuid.uuid4().hex[:12]}"}
     if os.environ.get("MONGODB_URI"):
         mongo["uri"] = os.environ["MONGODB_URI"]

@@ -92,12 +92,14 @@ async def test_two_users_chat_and_every_session_of_both_receives_it(service: Run
         await ann.send(cid, "hi ben", "a1")
         await ben.send(cid, "hi ann", "b1")
         for session in (ann, ann_phone, ben):
-            await eventually(lambda s=session: s.texts() == ["hi ben", "hi ann"])
+            await eventually(lambda s=session: s.texts() == ["hi ben", "hi ann"])  # type: ignore[misc]
         await asyncio.sleep(0.2)
         assert eve.received["message:new"] == []
-        ack = await ben.call("read", {"conversation_id": cid, "seq": 2})
+        await ann.send(cid, "are you there?", "a2")
+        await eventually(lambda: len(ben.received["message:new"]) == 3)
+        ack = await ben.call("read", {"conversation_id": cid, "seq": 3})
         assert ack == {"ok": True}
-        await eventually(lambda: any(r["user_id"] == "ben" and r["seq"] == 2 for r in ann.received["receipt"]))
+        await eventually(lambda: any(r["user_id"] == "ben" and r["seq"] == 3 for r in ann_phone.received["receipt"]))
         assert (await ann.call("typing", {"conversation_id": cid, "typing": True}))["ok"]
         await eventually(lambda: ben.received["typing"] == [{"conversation_id": cid, "user_id": "ann", "typing": True}])
         await asyncio.sleep(0.1)

@@ -95,7 +95,10 @@ async def mark_clean(client: TestClient, attachment_id: str) -> None:
 
 @pytest.fixture
 async def chat(aiohttp_client: Any, token_for: Callable[..., str]) -> Chat:
-    settings = make_settings(attachments={"multipart_threshold": 5 * MiB, "min_part_size": 5 * MiB})
+    # No pipeline here: these tests stand in for it at the store level (see mark_clean).
+    settings = make_settings(
+        attachments={"multipart_threshold": 5 * MiB, "min_part_size": 5 * MiB}, worker={"embedded": False}
+    )
     client = await aiohttp_client(create_app(settings))
     return await Chat(client, token_for).open()
 
