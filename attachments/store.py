@@ -21,6 +21,7 @@ class AttachmentStore:
         a = self._attachments
         await a.create_index([("status", ASCENDING), ("expires_at", ASCENDING)], name="status_expiry")
         await a.create_index([("conversation_id", ASCENDING), ("created_at", ASCENDING)], name="conversation")
+        await self.ensure_pipeline_indexes()
 
     async def insert(self, doc: Doc) -> None:
         await self._attachments.insert_one(doc)
@@ -40,6 +41,7 @@ class AttachmentStore:
         changes: Mapping[str, Any],
         events: Sequence[Doc] = (),
         extra_query: Mapping[str, Any] | None = None,
+        unset: Sequence[str] = (),
     ) -> Doc | None:
         """Move an attachment from one of `from_statuses`, with its events, in one atomic write.
 
@@ -50,6 +52,8 @@ class AttachmentStore:
         update: Doc = {"$set": dict(changes)}
         if events:
             update["$push"] = {OUTBOX_FIELD: {"$each": list(events)}}
+        if unset:
+            update["$unset"] = {name: "" for name in unset}
         result: Doc | None = await self._attachments.find_one_and_update(
             query, update, projection={OUTBOX_FIELD: 0}, return_document=ReturnDocument.AFTER
         )
@@ -65,4 +69,48 @@ class AttachmentStore:
         cursor = self._attachments.find(
             {"status": "awaiting_upload", "expires_at": {"$lt": now}}, {OUTBOX_FIELD: 0}
         ).limit(limit)
+        return [doc async for doc in cursor]
+
+    # --- the pipeline's job queue: the attachment document is the job --------------------
+
+    async def ensure_pipeline_indexes(self) -> None:
+        await self._attachments.create_index(
+            [("status", ASCENDING), ("lease_until", ASCENDING), ("created_ms", ASCENDING)], name="pipeline_claim"
+        )
+
+    async def claim(
+        self, worker_id: str, *, statuses: Sequence[str], now: datetime, lease_until: datetime
+    ) -> Doc | None:
+        """Atomically take the oldest job in `statuses` whose lease is free (or expired) and whose backoff is over."""
+        query: Doc = {
+            "$and": [
+                {"status": {"$in": list(statuses)}},
+                {"$or": [{"lease_until": None}, {"lease_until": {"$lt": now}}]},
+                {"$or": [{"next_attempt_at": None}, {"next_attempt_at": {"$lte": now}}]},
+            ]
+        }
+        result: Doc | None = await self._attachments.find_one_and_update(
+            query,
+            {"$set": {"lease_owner": worker_id, "lease_until": lease_until}, "$inc": {"attempts": 1}},
+            projection={OUTBOX_FIELD: 0},
+            sort=[("created_ms", ASCENDING)],
+            return_document=ReturnDocument.AFTER,
+        )
+        return result
+
+    async def renew_lease(self, attachment_id: str, worker_id: str, lease_until: datetime) -> bool:
+        result = await self._attachments.update_one(
+            {"_id": attachment_id, "lease_owner": worker_id}, {"$set": {"lease_until": lease_until}}
+        )
+        return bool(result.matched_count)
+
+    async def count_by_status(self, statuses: Sequence[str]) -> int:
+        return int(await self._attachments.count_documents({"status": {"$in": list(statuses)}}))
+
+    async def pending_review(self, statuses: Sequence[str], *, limit: int) -> list[Doc]:
+        cursor = (
+            self._attachments.find({"status": {"$in": list(statuses)}}, {OUTBOX_FIELD: 0})
+            .sort("created_ms", ASCENDING)
+            .limit(limit)
+        )
         return [doc async for doc in cursor]

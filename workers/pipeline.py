@@ -1,0 +1,338 @@
+"""The attachment pipeline: scan every uploaded file, make its preview, and only then release it.
+
+Jobs are the attachment documents themselves, claimed with an atomic update that takes a lease
+(`lease_owner`, `lease_until`). A worker that dies simply stops renewing its lease and another
+worker claims the file when the lease runs out; every transition is conditional on still owning
+the lease, so a worker that lost it can never overwrite a newer result. Delivery is at least
+once: a file may be scanned twice, never released unscanned.
+
+Fail closed: while clamd is unreachable no scan job is claimed, so files wait in `uploaded`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any, Protocol
+
+from attachments.deliveries import DeliveryService
+from attachments.models import AttachmentStatus
+from attachments.service import AttachmentService
+from attachments.storage import ObjectStorage
+from attachments.store import AttachmentStore, Doc
+from chat.clock import iso, utc_now
+from chat.events import new_event
+from config.settings import ScannerSettings, WorkerSettings
+from scanner.verdict import ScanResult, Verdict
+from workers.previews import PreviewFailed, PreviewRenderer, PreviewSource
+
+log = logging.getLogger(__name__)
+
+SCAN_STATUSES = (AttachmentStatus.UPLOADED, AttachmentStatus.SCANNING)
+PREVIEW_STATUSES = (AttachmentStatus.CLEAN,)
+QUARANTINE_PREFIX = "quarantine/"
+MAX_PREVIEW_ATTEMPTS = 3
+
+
+class Scanner(Protocol):
+    async def ping(self) -> bool: ...
+    async def scan_stream(self, chunks: Any) -> ScanResult: ...
+
+
+class LeaseLost(Exception):
+    """Another worker owns this job now (our lease expired); stop working on it."""
+
+
+class AttachmentPipeline:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        scanner_settings: ScannerSettings,
+        store: AttachmentStore,
+        storage: ObjectStorage,
+        scanner: Scanner,
+        previews: PreviewRenderer,
+        attachments: AttachmentService,
+        deliveries: DeliveryService,
+        *,
+        worker_id: str | None = None,
+    ) -> None:
+        self._settings = settings
+        self._chunk_size = scanner_settings.chunk_size
+        self._store = store
+        self._storage = storage
+        self._scanner = scanner
+        self._previews = previews
+        self._attachments = attachments
+        self._deliveries = deliveries
+        self.worker_id = worker_id or f"worker-{uuid.uuid4().hex[:12]}"
+        self._scanner_was_down = False
+
+    # --- running -----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run `concurrency` job loops until `stop` is set; jobs in hand are finished first."""
+        loops = [
+            asyncio.create_task(self._loop(stop), name=f"{self.worker_id}-{n}")
+            for n in range(self._settings.concurrency)
+        ]
+        try:
+            await asyncio.gather(*loops)
+        finally:
+            for loop in loops:
+                loop.cancel()
+            for loop in loops:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loop
+
+    async def _loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                worked = await self.process_one()
+            except Exception:
+                log.exception("pipeline loop error; continuing", extra={"worker": self.worker_id})
+                worked = False
+            if not worked:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self._settings.poll_interval_seconds)
+
+    async def process_one(self) -> bool:
+        """Claim one job and carry it as far as it goes; False when there was nothing to do."""
+        job = await self._claim(PREVIEW_STATUSES)
+        if job is None and await self._scanner_reachable():
+            job = await self._claim(SCAN_STATUSES)
+        if job is None:
+            return False
+        try:
+            await self._with_lease(job, self._advance(job))
+        except LeaseLost:
+            log.warning("lost the lease; another worker took over", extra={"attachment_id": job["_id"]})
+        return True
+
+    async def _scanner_reachable(self) -> bool:
+        up = await self._scanner.ping()
+        if up != (not self._scanner_was_down):
+            if up:
+                log.info("clamd is reachable again; scanning resumes")
+            else:
+                log.error("clamd is unreachable; uploaded files wait unscanned until it returns")
+        self._scanner_was_down = not up
+        return up
+
+    async def _claim(self, statuses: tuple[AttachmentStatus, ...]) -> Doc | None:
+        now = utc_now()
+        return await self._store.claim(
+            self.worker_id,
+            statuses=[str(s) for s in statuses],
+            now=now,
+            lease_until=now + timedelta(seconds=self._settings.lease_seconds),
+        )
+
+    async def _with_lease(self, job: Doc, work: Any) -> None:
+        """Run `work`, renewing the lease meanwhile; abandon it if the lease is lost."""
+        task = asyncio.ensure_future(work)
+        interval = self._settings.lease_seconds / 3
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=interval)
+                if done:
+                    task.result()
+                    return
+                until = utc_now() + timedelta(seconds=self._settings.lease_seconds)
+                if not await self._store.renew_lease(job["_id"], self.worker_id, until):
+                    raise LeaseLost(job["_id"])
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, LeaseLost):
+                    await task
+
+    # --- the stages --------------------------------------------------------------------------
+
+    async def _advance(self, job: Doc) -> None:
+        if job["status"] in SCAN_STATUSES:
+            job = await self._scan(job)
+        if job is not None and job["status"] == AttachmentStatus.CLEAN:
+            await self._preview(job)
+
+    async def _scan(self, job: Doc) -> Doc | None:
+        scanning = await self._move(
+            job, [AttachmentStatus.UPLOADED, AttachmentStatus.SCANNING], {"status": str(AttachmentStatus.SCANNING)}
+        )
+        if scanning["status"] != job["status"]:
+            await self._attachments.publish(scanning)
+        try:
+            result = await self._scanner.scan_stream(self._storage.stream(job["key"], chunk_size=self._chunk_size))
+        except Exception as exc:  # S3 failing mid-stream, for one
+            result = ScanResult(Verdict.ERROR, reason=f"{type(exc).__name__}: {exc}")
+        if result.verdict is Verdict.ERROR:
+            await self._retry_or_fail(scanning, result)
+            return None
+        now = utc_now()
+        scan = {
+            "verdict": str(result.verdict),
+            "signature": result.signature,
+            "reason": result.reason,
+            "scanned_at": now,
+        }
+        scanned = new_event(
+            "attachment.scanned",
+            job["conversation_id"],
+            {
+                **self._ids(job),
+                "verdict": str(result.verdict),
+                "signature": result.signature,
+                "reason": result.reason,
+            },
+            occurred_at=now,
+        )
+        if result.verdict is Verdict.CLEAN:
+            moved = await self._move(
+                scanning, [AttachmentStatus.SCANNING], {"status": str(AttachmentStatus.CLEAN), "scan": scan}, [scanned]
+            )
+            await self._attachments.publish(moved)
+            return moved
+        if result.verdict is Verdict.INFECTED:
+            # Made unreachable first: the original key must not hold the bytes once we say "infected".
+            quarantine_key = QUARANTINE_PREFIX + job["key"]
+            await self._storage.copy(job["key"], quarantine_key)
+            await self._storage.delete(job["key"])
+            quarantined = new_event(
+                "attachment.quarantined",
+                job["conversation_id"],
+                {
+                    **self._ids(job),
+                    "signature": result.signature,
+                },
+                occurred_at=now,
+            )
+            moved = await self._move(
+                scanning,
+                [AttachmentStatus.SCANNING],
+                {"status": str(AttachmentStatus.INFECTED), "scan": scan, "key": quarantine_key, "quarantined_at": now},
+                [scanned, quarantined],
+                release=True,
+            )
+        else:  # unscannable: too large, encrypted, over the archive limits: a person decides
+            moved = await self._move(
+                scanning,
+                [AttachmentStatus.SCANNING],
+                {"status": str(AttachmentStatus.NEEDS_REVIEW), "scan": scan},
+                [scanned],
+                release=True,
+            )
+        await self._attachments.publish(moved)
+        await self._deliveries.attachment_settled(job["_id"])
+        return None
+
+    async def _retry_or_fail(self, job: Doc, result: ScanResult) -> None:
+        if not await self._scanner.ping():
+            # clamd went away mid-scan: not the file's fault, so the attempt does not count.
+            moved = await self._move(
+                job,
+                [AttachmentStatus.SCANNING],
+                {"status": str(AttachmentStatus.UPLOADED), "attempts": max(0, job.get("attempts", 1) - 1)},
+                release=True,
+            )
+            await self._attachments.publish(moved)
+            return
+        attempts = int(job.get("attempts", 1))
+        log.warning("scan failed", extra={"attachment_id": job["_id"], "attempt": attempts, "reason": result.reason})
+        if attempts >= self._settings.max_attempts:
+            event = new_event(
+                "attachment.scanned",
+                job["conversation_id"],
+                {**self._ids(job), "verdict": "error", "signature": None, "reason": result.reason},
+            )
+            moved = await self._move(
+                job,
+                [AttachmentStatus.SCANNING],
+                {
+                    "status": str(AttachmentStatus.FAILED),
+                    "scan": {"verdict": "error", "signature": None, "reason": result.reason, "scanned_at": utc_now()},
+                },
+                [event],
+                release=True,
+            )
+            await self._attachments.publish(moved)
+            await self._deliveries.attachment_settled(job["_id"])
+            return
+        backoff = self._settings.backoff_base_seconds * 2 ** (attempts - 1)
+        moved = await self._move(
+            job,
+            [AttachmentStatus.SCANNING],
+            {"status": str(AttachmentStatus.UPLOADED), "next_attempt_at": utc_now() + timedelta(seconds=backoff)},
+            release=True,
+        )
+        await self._attachments.publish(moved)
+
+    async def _preview(self, job: Doc) -> None:
+        source = PreviewSource(job["_id"], job["key"], job["content_type"], job["size"], job["filename"])
+        changes: dict[str, Any] = {"status": str(AttachmentStatus.READY)}
+        try:
+            preview = await self._previews.render(source)
+        except PreviewFailed as exc:
+            tries = int(job.get("preview_attempts", 0)) + 1
+            if tries < MAX_PREVIEW_ATTEMPTS:
+                await self._move(
+                    job,
+                    [AttachmentStatus.CLEAN],
+                    {
+                        "preview_attempts": tries,
+                        "next_attempt_at": utc_now() + timedelta(seconds=self._settings.backoff_base_seconds * tries),
+                    },
+                    release=True,
+                )
+                return
+            log.warning(
+                "no preview after retries; releasing without one",
+                extra={"attachment_id": job["_id"], "reason": str(exc)},
+            )
+            preview = None
+        if preview is not None:
+            changes.update(
+                {"preview_key": preview.key, "preview_url": preview.url, "preview_type": preview.content_type}
+            )
+        view = await self._attachments.view({**job, **changes})
+        event = new_event(
+            "attachment.ready", job["conversation_id"], {**self._ids(job), "preview_url": view["preview_url"]}
+        )
+        ready = await self._move(job, [AttachmentStatus.CLEAN], changes, [event], release=True)
+        await self._attachments.publish(ready)
+        await self._deliveries.attachment_settled(job["_id"])
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    async def _move(
+        self,
+        job: Doc,
+        from_statuses: list[AttachmentStatus],
+        changes: Mapping[str, Any],
+        events: list[Doc] | None = None,
+        *,
+        release: bool = False,
+    ) -> Doc:
+        """A transition fenced by our lease; with `release`, the job is handed back as well."""
+        moved = await self._store.transition(
+            job["_id"],
+            from_statuses=from_statuses,
+            changes={**changes, **({"lease_owner": None, "lease_until": None} if release else {})},
+            events=events or [],
+            extra_query={"lease_owner": self.worker_id},
+        )
+        if moved is None:
+            raise LeaseLost(job["_id"])
+        return moved
+
+    @staticmethod
+    def _ids(job: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "attachment_id": job["_id"],
+            "conversation_id": job["conversation_id"],
+            "uploader_id": job["uploader_id"],
+            "at": iso(utc_now()),
+        }
