@@ -32,7 +32,9 @@ _ZIP_CONTAINERS = {
     "application/epub+zip",
     "application/java-archive",
 }
-_DETECTABLE = {kind.mime for kind in filetype.types}
+# Types filetype recognises by magic bytes; a file declared as one must really be one. The generic
+# binary type is not among them, even though filetype labels a few formats with it.
+_DETECTABLE = {kind.mime for kind in filetype.types} - {"application/octet-stream"}
 _TEXTUAL = {"application/json", "application/xml", "application/x-ndjson", "application/javascript"}
 
 

@@ -194,9 +194,13 @@ class S3Storage:
 
     async def stream(self, key: str, *, chunk_size: int) -> AsyncIterator[bytes]:
         response = await self._client.get_object(Bucket=self.bucket, Key=key)
-        async with response["Body"] as body:
-            while chunk := await body.read(chunk_size):
+        body = response["Body"]
+        try:
+            # Exactly chunk_size pieces (the last one shorter), however the network splits them.
+            async for chunk in body.iter_chunks(chunk_size):
                 yield chunk
+        finally:
+            body.close()
 
     async def put(self, key: str, body: bytes, *, content_type: str) -> None:
         await self._client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)

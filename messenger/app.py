@@ -215,6 +215,8 @@ def build_container(settings: Settings, *, notifier: Notifier | None = None, wri
             cloudinary_url=settings.preview.cloudinary_url,
             folder=settings.preview.cloudinary_folder,
             upload_prefix=settings.preview.cloudinary_upload_prefix,
+            thumbnail_px=settings.preview.thumbnail_px,
+            max_source_bytes=settings.preview.max_source_bytes,
         )
     else:
         previews = LocalPreviewRenderer(

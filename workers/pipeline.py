@@ -241,7 +241,7 @@ class AttachmentPipeline:
             await self._attachments.publish(moved)
             return
         attempts = int(job.get("attempts", 1))
-        log.warning("scan failed", extra={"attachment_id": job["_id"], "attempt": attempts, "reason": result.reason})
+        log.warning("scan failed: %s", result.reason, extra={"attachment_id": job["_id"], "attempt": attempts})
         if attempts >= self._settings.max_attempts:
             event = new_event(
                 "attachment.scanned",

@@ -47,7 +47,9 @@ class Person:
         return await self.sio.call(event, payload, timeout=20)
 
     async def send(self, conversation_id: str, text: str, client_id: str) -> dict[str, Any]:
-        ack = await self.call("message:send", {"conversation_id": conversation_id, "client_id": client_id, "text": text})
+        ack = await self.call(
+            "message:send", {"conversation_id": conversation_id, "client_id": client_id, "text": text}
+        )
         assert ack["ok"], ack
         return dict(ack["message"])
 
@@ -71,10 +73,14 @@ def rest(service: RunningService, user_id: str, method: str, path: str, body: An
 
 
 def open_conversation(service: RunningService, buyer: str, seller: str, order_id: str | None = None) -> str:
-    return str(rest(service, buyer, "POST", "/conversations", {"buyer_id": buyer, "seller_id": seller, "order_id": order_id})["id"])
+    return str(
+        rest(service, buyer, "POST", "/conversations", {"buyer_id": buyer, "seller_id": seller, "order_id": order_id})[
+            "id"
+        ]
+    )
 
 
-async def eventually(check: Any, timeout: float = 5.0) -> None:
+async def eventually(check: Any, timeout: float = 5.0) -> None:  # noqa: ASYNC109 (a polling helper)
     deadline = asyncio.get_running_loop().time() + timeout
     while not check():
         if asyncio.get_running_loop().time() > deadline:
@@ -138,7 +144,11 @@ async def test_reconnecting_client_syncs_exactly_what_it_missed(service: Running
 
 
 async def test_connections_without_a_valid_token_are_refused_with_a_code(service: RunningService) -> None:
-    for token, code in [("", "token_missing"), ("garbage", "token_invalid"), (service.token("x", ttl=-100), "token_expired")]:
+    for token, code in [
+        ("", "token_missing"),
+        ("garbage", "token_invalid"),
+        (service.token("x", ttl=-100), "token_expired"),
+    ]:
         person = Person(service, "x", token=token)
         with pytest.raises(socketio.exceptions.ConnectionError):
             await person.connect()
@@ -197,8 +207,15 @@ async def test_malformed_payloads_get_error_acks_and_the_connection_survives(ser
     cid = open_conversation(service, "lea", "max")
     lea = await Person(service, "lea").connect()
     try:
-        for payload in [None, "text", 42, [1, 2], {"conversation_id": cid}, {"conversation_id": {"$gt": ""}, "client_id": "x", "text": "x"},
-                        {"conversation_id": cid, "client_id": "x", "text": "y" * 6000}]:
+        for payload in [
+            None,
+            "text",
+            42,
+            [1, 2],
+            {"conversation_id": cid},
+            {"conversation_id": {"$gt": ""}, "client_id": "x", "text": "x"},
+            {"conversation_id": cid, "client_id": "x", "text": "y" * 6000},
+        ]:
             ack = await lea.call("message:send", payload)
             assert ack["ok"] is False and ack["error"]["code"] in {"invalid_payload", "text_too_long"}, (payload, ack)
         assert (await lea.call("sync", {"conversation_id": cid, "after_seq": -5}))["error"]["code"] == "invalid_payload"

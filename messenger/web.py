@@ -1,0 +1,166 @@
+"""The browser chat page: `GET /` and `GET /static/{name}`, served with a strict Content-Security-Policy.
+
+The page is plain HTML, CSS and JavaScript with no build step. It is a client like any other: it
+uses the public REST and Socket.IO API with a pasted token, and uploads files straight to S3, so
+the S3 origins browsers talk to must be allowed by the policy (see docs/web-client.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from config.settings import PreviewSettings, S3Settings, Settings
+
+if TYPE_CHECKING:
+    from attachments.embedded_s3 import EmbeddedS3
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+# The official socket.io client is third-party code, so it is never copied into this repository:
+# it is read from an installed copy at run time, and without one the page falls back to REST polling.
+SOCKETIO_CLIENT = "socket.io.min.js"
+SOCKETIO_CLIENT_ENV = "MESSENGER_SOCKETIO_JS"
+REPO_SOCKETIO_CLIENT = (
+    Path(__file__).resolve().parents[1] / "tests/e2e/js/node_modules/socket.io-client/dist" / SOCKETIO_CLIENT
+)
+CLOUDINARY_IMAGE_ORIGIN = "https://res.cloudinary.com"
+
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+}
+# Sent with every response of this module: nothing here may be sniffed into another type or leak the URL.
+COMMON_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    # Always revalidate: the page and its script must not drift apart after an upgrade.
+    "Cache-Control": "no-cache",
+}
+
+
+class WebClient:
+    def __init__(
+        self,
+        static_dir: Path = STATIC_DIR,
+        *,
+        s3_origins: Sequence[str],
+        image_origins: Sequence[str] = (),
+        socketio_client: Path | None = None,
+    ) -> None:
+        self._static_dir = static_dir.resolve()
+        self._socketio_client = socketio_client if socketio_client is not None else find_socketio_client()
+        self._csp = content_security_policy(s3_origins, image_origins)
+        if self._socketio_client is None:
+            log.info(
+                "socket.io client not found: the web page will poll over REST",
+                extra={"set": SOCKETIO_CLIENT_ENV},
+            )
+
+    @classmethod
+    def for_settings(cls, settings: Settings, embedded_s3: EmbeddedS3 | None = None) -> WebClient:
+        """The page as the composition root serves it: the browser-facing S3 and preview origins allowed."""
+        return cls(
+            s3_origins=browser_s3_origins(settings.s3, embedded_s3),
+            image_origins=preview_image_origins(settings.preview),
+        )
+
+    @property
+    def csp(self) -> str:
+        return self._csp
+
+    def register(self, app: web.Application) -> None:
+        app.router.add_get("/", self.page)
+        app.router.add_get("/static/{name}", self.static)
+
+    async def page(self, request: web.Request) -> web.StreamResponse:
+        return self._file(self._static_dir / "index.html", page=True)
+
+    async def static(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        if name == SOCKETIO_CLIENT:
+            if self._socketio_client is None:
+                raise web.HTTPNotFound(reason="the socket.io client is not installed; the page polls instead")
+            return self._file(self._socketio_client)
+        # `{name}` never holds a slash, but `..` or a symlink could still point outside: only
+        # regular files directly inside static_dir, with a known type, are served.
+        path = (self._static_dir / name).resolve()
+        if path.parent != self._static_dir or not path.is_file() or path.suffix not in CONTENT_TYPES:
+            raise web.HTTPNotFound()
+        return self._file(path)
+
+    def _file(self, path: Path, *, page: bool = False) -> web.FileResponse:
+        headers = {**COMMON_HEADERS, "Content-Type": CONTENT_TYPES.get(path.suffix, "application/octet-stream")}
+        if page:
+            headers["Content-Security-Policy"] = self._csp
+            headers["X-Frame-Options"] = "DENY"  # for browsers that predate frame-ancestors
+        return web.FileResponse(path, headers=headers)
+
+
+def content_security_policy(s3_origins: Sequence[str], image_origins: Sequence[str] = ()) -> str:
+    s3 = " ".join(dict.fromkeys(s3_origins))
+    images = " ".join(dict.fromkeys([*s3_origins, *image_origins]))
+    directives = [
+        "default-src 'self'",
+        "script-src 'self'",  # no inline script, no eval: injected markup cannot run
+        "style-src 'self'",
+        # ws:/wss: for Socket.IO (older Safari does not match websockets against 'self');
+        # S3 because files go straight from the browser to the bucket.
+        f"connect-src 'self' ws: wss: {s3}".rstrip(),
+        f"img-src 'self' data: blob: {images}".rstrip(),
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+    return "; ".join(directives)
+
+
+def find_socketio_client() -> Path | None:
+    """The installed `socket.io-client` build: MESSENGER_SOCKETIO_JS, else the e2e tests' node_modules."""
+    configured = os.environ.get(SOCKETIO_CLIENT_ENV)
+    candidates = [Path(configured)] if configured else []
+    candidates.append(REPO_SOCKETIO_CLIENT)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    if configured:
+        log.warning("MESSENGER_SOCKETIO_JS does not name a file", extra={"path": configured})
+    return None
+
+
+def browser_s3_origins(s3: S3Settings, embedded_s3: EmbeddedS3 | None = None) -> list[str]:
+    """The origins presigned URLs handed to browsers point at (mirrors S3Storage's browser client)."""
+    if embedded_s3 is not None:
+        return [origin_of(embedded_s3.endpoint_url)]
+    custom = s3.public_endpoint_url or s3.endpoint_url
+    if custom:
+        return [origin_of(custom)]  # path-style addressing: the bucket is in the path, not the host
+    if s3.accelerate:
+        return [f"https://{s3.bucket}.s3-accelerate.amazonaws.com"]
+    # AWS itself: virtual-hosted style (global and regional names); botocore falls back to
+    # path style for bucket names with dots, which are not valid in a TLS host name.
+    if "." in s3.bucket:
+        return ["https://s3.amazonaws.com", f"https://s3.{s3.region}.amazonaws.com"]
+    return [f"https://{s3.bucket}.s3.amazonaws.com", f"https://{s3.bucket}.s3.{s3.region}.amazonaws.com"]
+
+
+def preview_image_origins(preview: PreviewSettings) -> list[str]:
+    """Cloudinary serves its thumbnails from its own CDN; local previews come from S3 (already allowed)."""
+    return [CLOUDINARY_IMAGE_ORIGIN] if preview.cloudinary_url else []
+
+
+def origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
