@@ -41,7 +41,9 @@ class RunningService:
         return self.log_path.read_text(errors="replace")
 
 
-def start_service(tmp: Path, *, env: dict[str, str] | None = None, port: int | None = None, name: str = "service") -> RunningService:
+def start_service(
+    tmp: Path, *, env: dict[str, str] | None = None, port: int | None = None, name: str = "service"
+) -> RunningService:
     port = port or free_port()
     log_path = tmp / f"{name}.log"
     environment = {

@@ -7,9 +7,9 @@ verifies; tests/integration/test_attachments_strict_s3.py proves what S3 refuses
 from __future__ import annotations
 
 import io
-from urllib.parse import parse_qs, urlsplit
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
@@ -45,21 +45,40 @@ class Chat:
         return {"Authorization": f"Bearer {self.tokens[user]}"}
 
     async def open(self) -> Chat:
-        response = await self.client.post(f"{API}/conversations", json={"buyer_id": "buyer", "seller_id": "seller"}, headers=self.auth("buyer"))
+        response = await self.client.post(
+            f"{API}/conversations", json={"buyer_id": "buyer", "seller_id": "seller"}, headers=self.auth("buyer")
+        )
         self.conversation_id = (await response.json())["id"]
         return self
 
     async def request_upload(self, user: str = "seller", **overrides: Any) -> Any:
-        body = {"conversation_id": self.conversation_id, "filename": "logo.png", "size": 100, "content_type": "image/png", **overrides}
+        body = {
+            "conversation_id": self.conversation_id,
+            "filename": "logo.png",
+            "size": 100,
+            "content_type": "image/png",
+            **overrides,
+        }
         return await self.client.post(f"{API}/attachments", json=body, headers=self.auth(user))
 
     async def complete(self, attachment_id: str, user: str = "seller", parts: Any = None) -> Any:
         return await self.client.post(
-            f"{API}/attachments/{attachment_id}/complete", json={"parts": parts} if parts else {}, headers=self.auth(user)
+            f"{API}/attachments/{attachment_id}/complete",
+            json={"parts": parts} if parts else {},
+            headers=self.auth(user),
         )
 
-    async def upload(self, content: bytes, *, filename: str = "logo.png", content_type: str = "image/png", declared: int | None = None) -> dict[str, Any]:
-        response = await self.request_upload(filename=filename, size=declared if declared is not None else len(content), content_type=content_type)
+    async def upload(
+        self,
+        content: bytes,
+        *,
+        filename: str = "logo.png",
+        content_type: str = "image/png",
+        declared: int | None = None,
+    ) -> dict[str, Any]:
+        response = await self.request_upload(
+            filename=filename, size=declared if declared is not None else len(content), content_type=content_type
+        )
         assert response.status == 201, await response.text()
         grant = await response.json()
         await post_to_s3(grant["upload"], content, content_type)
@@ -89,7 +108,9 @@ async def put_part(url: str, data: bytes) -> str:
 async def mark_clean(client: TestClient, attachment_id: str) -> None:
     """Stands in for the scanning pipeline: a store-level transition to clean."""
     store = client.app[CONTAINER].attachment_store
-    moved = await store.transition(attachment_id, from_statuses=[AttachmentStatus.UPLOADED], changes={"status": "clean"})
+    moved = await store.transition(
+        attachment_id, from_statuses=[AttachmentStatus.UPLOADED], changes={"status": "clean"}
+    )
     assert moved is not None
 
 
@@ -122,23 +143,31 @@ async def test_presigned_post_upload_is_verified_then_downloadable_by_both_parti
     assert [e["data"]["attachment_id"] for e in events] == [attachment["id"]]
 
     for user in ("buyer", "seller"):
-        early = await chat.client.get(f"{API}/attachments/{attachment['id']}/download", headers=chat.auth(user), allow_redirects=False)
+        early = await chat.client.get(
+            f"{API}/attachments/{attachment['id']}/download", headers=chat.auth(user), allow_redirects=False
+        )
         assert early.status == 409 and (await early.json())["error"]["code"] == "attachment_not_ready"
 
     await mark_clean(chat.client, attachment["id"])
     for user in ("buyer", "seller"):
-        response = await chat.client.get(f"{API}/attachments/{attachment['id']}/download", headers=chat.auth(user), allow_redirects=False)
+        response = await chat.client.get(
+            f"{API}/attachments/{attachment['id']}/download", headers=chat.auth(user), allow_redirects=False
+        )
         assert response.status == 302
         location = response.headers["Location"]
         assert "X-Amz-Expires=300" in location and "response-content-disposition=attachment" in location
         signed = parse_qs(urlsplit(location).query)
         # moto ignores these overrides; the strict S3 tests check the headers S3 actually sends.
-        assert signed["response-content-disposition"] == ["attachment; filename=\"logo.png\"; filename*=UTF-8''logo.png"]
+        assert signed["response-content-disposition"] == [
+            "attachment; filename=\"logo.png\"; filename*=UTF-8''logo.png"
+        ]
         assert signed["response-content-type"] == ["image/png"]
         async with aiohttp.ClientSession() as browser, browser.get(location) as fetched:
             assert await fetched.read() == content
 
-    stranger = await chat.client.get(f"{API}/attachments/{attachment['id']}/download", headers=chat.auth("stranger"), allow_redirects=False)
+    stranger = await chat.client.get(
+        f"{API}/attachments/{attachment['id']}/download", headers=chat.auth("stranger"), allow_redirects=False
+    )
     assert stranger.status == 404 and (await stranger.json())["error"]["code"] == "attachment_not_found"
     anonymous = await chat.client.get(f"{API}/attachments/{attachment['id']}/download", allow_redirects=False)
     assert anonymous.status == 401
@@ -160,7 +189,9 @@ async def test_three_part_multipart_upload_resumes_after_a_lost_part_url(chat: C
     early = await chat.complete(grant["attachment"]["id"])
     assert early.status == 409 and (await early.json())["error"]["missing_parts"] == [2]
     # ...and resuming re-issues only that part.
-    resumed = await (await chat.client.post(f"{API}/attachments/{grant['attachment']['id']}/resume", headers=chat.auth("seller"))).json()
+    resumed = await (
+        await chat.client.post(f"{API}/attachments/{grant['attachment']['id']}/resume", headers=chat.auth("seller"))
+    ).json()
     assert [p["part_number"] for p in resumed["upload"]["parts"]] == [2]
     assert [p["part_number"] for p in resumed["upload"]["uploaded_parts"]] == [1, 3]
     etag2 = await put_part(resumed["upload"]["parts"][0]["url"], chunks[1])
@@ -168,7 +199,9 @@ async def test_three_part_multipart_upload_resumes_after_a_lost_part_url(chat: C
     done = await chat.complete(grant["attachment"]["id"], parts=sorted(parts, key=lambda p: p["part_number"]))
     assert done.status == 200, await done.text()
     assert (await done.json())["status"] == "uploaded"
-    stored = await chat.client.app[CONTAINER].storage.head(f"conversations/{chat.conversation_id}/{grant['attachment']['id']}")
+    stored = await chat.client.app[CONTAINER].storage.head(
+        f"conversations/{chat.conversation_id}/{grant['attachment']['id']}"
+    )
     assert stored is not None and stored.size == len(content)
 
 
@@ -193,7 +226,13 @@ async def test_part_size_keeps_parts_within_s3_limits(chat: Chat) -> None:
 async def test_complete_rejects_and_deletes_what_does_not_match(
     chat: Chat, content: str, declared_size: int | None, content_type: str, filename: str, code: str
 ) -> None:
-    data = {"short": png_bytes()[:50], "long": png_bytes(), "pdf": PDF, "png": png_bytes(), "text": b"just some text, not a picture"}[content]
+    data = {
+        "short": png_bytes()[:50],
+        "long": png_bytes(),
+        "pdf": PDF,
+        "png": png_bytes(),
+        "text": b"just some text, not a picture",
+    }[content]
     grant = await chat.upload(data, filename=filename, content_type=content_type, declared=declared_size)
     attachment_id = grant["attachment"]["id"]
     response = await chat.complete(attachment_id)
@@ -235,7 +274,9 @@ async def test_complete_without_an_upload_is_refused_and_keeps_waiting(chat: Cha
         ({"conversation_id": "nope"}, 404, "conversation_not_found"),
     ],
 )
-async def test_bad_upload_requests_get_stable_codes(chat: Chat, overrides: dict[str, Any], status: int, code: str) -> None:
+async def test_bad_upload_requests_get_stable_codes(
+    chat: Chat, overrides: dict[str, Any], status: int, code: str
+) -> None:
     response = await chat.request_upload(**overrides)
     assert response.status == status, await response.text()
     assert (await response.json())["error"]["code"] == code
@@ -255,25 +296,39 @@ async def test_messages_carry_own_uploaded_attachments_only(chat: Chat) -> None:
     grant = await chat.upload(png_bytes())
     attachment_id = grant["attachment"]["id"]
     send = f"{API}/conversations/{chat.conversation_id}/messages"
-    not_yet = await chat.client.post(send, json={"client_id": "m0", "text": "", "attachment_ids": [attachment_id]}, headers=chat.auth("seller"))
+    not_yet = await chat.client.post(
+        send, json={"client_id": "m0", "text": "", "attachment_ids": [attachment_id]}, headers=chat.auth("seller")
+    )
     assert not_yet.status == 409 and (await not_yet.json())["error"]["code"] == "attachment_not_attachable"
     await chat.complete(attachment_id)
-    theirs = await chat.client.post(send, json={"client_id": "m1", "text": "mine now", "attachment_ids": [attachment_id]}, headers=chat.auth("buyer"))
+    theirs = await chat.client.post(
+        send,
+        json={"client_id": "m1", "text": "mine now", "attachment_ids": [attachment_id]},
+        headers=chat.auth("buyer"),
+    )
     assert theirs.status == 422 and (await theirs.json())["error"]["code"] == "attachment_not_found"
-    sent = await chat.client.post(send, json={"client_id": "m2", "text": "", "attachment_ids": [attachment_id]}, headers=chat.auth("seller"))
+    sent = await chat.client.post(
+        send, json={"client_id": "m2", "text": "", "attachment_ids": [attachment_id]}, headers=chat.auth("seller")
+    )
     assert sent.status == 201, await sent.text()
     message = await sent.json()
     assert [(a["id"], a["status"]) for a in message["attachments"]] == [(attachment_id, "uploaded")]
-    twice = await chat.client.post(send, json={"client_id": "m3", "text": "again", "attachment_ids": [attachment_id]}, headers=chat.auth("seller"))
+    twice = await chat.client.post(
+        send, json={"client_id": "m3", "text": "again", "attachment_ids": [attachment_id]}, headers=chat.auth("seller")
+    )
     assert twice.status == 409 and (await twice.json())["error"]["code"] == "attachment_already_sent"
     await mark_clean(chat.client, attachment_id)
-    history = await (await chat.client.get(f"{API}/conversations/{chat.conversation_id}/messages", headers=chat.auth("buyer"))).json()
+    history = await (
+        await chat.client.get(f"{API}/conversations/{chat.conversation_id}/messages", headers=chat.auth("buyer"))
+    ).json()
     assert history["messages"][0]["attachments"][0]["status"] == "clean"
 
 
 async def test_abort_and_expiry_delete_what_was_uploaded(chat: Chat) -> None:
     grant = await chat.upload(png_bytes())
-    aborted = await chat.client.post(f"{API}/attachments/{grant['attachment']['id']}/abort", headers=chat.auth("seller"))
+    aborted = await chat.client.post(
+        f"{API}/attachments/{grant['attachment']['id']}/abort", headers=chat.auth("seller")
+    )
     assert aborted.status == 200 and (await aborted.json())["status"] == "rejected"
     assert await chat.client.app[CONTAINER].storage.head(grant["upload"]["fields"]["key"]) is None
 
@@ -281,7 +336,9 @@ async def test_abort_and_expiry_delete_what_was_uploaded(chat: Chat) -> None:
     store = chat.client.app[CONTAINER].database.db["attachments"]
     from datetime import UTC, datetime, timedelta
 
-    await store.update_one({"_id": stale["attachment"]["id"]}, {"$set": {"expires_at": datetime.now(UTC) - timedelta(seconds=1)}})
+    await store.update_one(
+        {"_id": stale["attachment"]["id"]}, {"$set": {"expires_at": datetime.now(UTC) - timedelta(seconds=1)}}
+    )
     assert await chat.client.app[CONTAINER].attachments.expire_stale_uploads() == 1
     doc = await chat.status_in_store(stale["attachment"]["id"])
     assert (doc["status"], doc["reason"]) == ("rejected", "upload_expired")
@@ -289,7 +346,7 @@ async def test_abort_and_expiry_delete_what_was_uploaded(chat: Chat) -> None:
 
 
 async def test_filename_with_unicode_gets_an_rfc_5987_disposition(chat: Chat) -> None:
-    grant = await chat.upload(png_bytes(), filename="résumé \"final\".png")
+    grant = await chat.upload(png_bytes(), filename='résumé "final".png')
     await chat.complete(grant["attachment"]["id"])
     await mark_clean(chat.client, grant["attachment"]["id"])
     response = await chat.client.get(
@@ -297,4 +354,7 @@ async def test_filename_with_unicode_gets_an_rfc_5987_disposition(chat: Chat) ->
     )
     url = (await response.json())["url"]
     [disposition] = parse_qs(urlsplit(url).query)["response-content-disposition"]
-    assert disposition == "attachment; filename=\"r_sum_ _final_.png\"; filename*=UTF-8''r%C3%A9sum%C3%A9%20%22final%22.png"
+    assert (
+        disposition
+        == "attachment; filename=\"r_sum_ _final_.png\"; filename*=UTF-8''r%C3%A9sum%C3%A9%20%22final%22.png"
+    )

@@ -30,10 +30,19 @@ async def error_code(response: Any) -> str:
 
 @pytest.mark.parametrize(
     ("headers", "code"),
-    [({}, "token_missing"), ({"Authorization": "Basic abc"}, "token_missing"), ({"Authorization": "Bearer nope"}, "token_invalid")],
+    [
+        ({}, "token_missing"),
+        ({"Authorization": "Basic abc"}, "token_missing"),
+        ({"Authorization": "Bearer nope"}, "token_invalid"),
+    ],
 )
 async def test_every_api_route_needs_a_valid_token(client: TestClient, headers: dict[str, str], code: str) -> None:
-    for method, path in [("GET", "/conversations"), ("POST", "/conversations"), ("GET", "/events"), ("GET", "/conversations/x/messages")]:
+    for method, path in [
+        ("GET", "/conversations"),
+        ("POST", "/conversations"),
+        ("GET", "/events"),
+        ("GET", "/conversations/x/messages"),
+    ]:
         response = await client.request(method, API + path, headers=headers)
         assert response.status == 401, path
         assert await error_code(response) == code
@@ -46,18 +55,47 @@ async def test_expired_token_is_refused(client: TestClient, token_for: Callable[
 
 async def test_conversation_and_message_flow(client: TestClient, token_for: Callable[..., str]) -> None:
     alice, bob = auth(token_for("alice")), auth(token_for("bob"))
-    created = await client.post(f"{API}/conversations", json={"buyer_id": "alice", "seller_id": "bob", "order_id": "o-1"}, headers=alice)
+    created = await client.post(
+        f"{API}/conversations", json={"buyer_id": "alice", "seller_id": "bob", "order_id": "o-1"}, headers=alice
+    )
     assert created.status == 201
     conversation = await created.json()
-    again = await client.post(f"{API}/conversations", json={"buyer_id": "alice", "seller_id": "bob", "order_id": "o-1"}, headers=bob)
+    again = await client.post(
+        f"{API}/conversations", json={"buyer_id": "alice", "seller_id": "bob", "order_id": "o-1"}, headers=bob
+    )
     assert again.status == 200 and (await again.json())["id"] == conversation["id"]
-    assert set(conversation) >= {"id", "buyer_id", "seller_id", "order_id", "created_at", "last_seq", "last_message", "unread_count", "read_seq"}
+    assert set(conversation) >= {
+        "id",
+        "buyer_id",
+        "seller_id",
+        "order_id",
+        "created_at",
+        "last_seq",
+        "last_message",
+        "unread_count",
+        "read_seq",
+    }
 
     cid = conversation["id"]
-    sent = await client.post(f"{API}/conversations/{cid}/messages", json={"client_id": "c1", "text": "hello"}, headers=alice)
+    sent = await client.post(
+        f"{API}/conversations/{cid}/messages", json={"client_id": "c1", "text": "hello"}, headers=alice
+    )
     assert sent.status == 201
     message = await sent.json()
-    assert set(message) >= {"id", "conversation_id", "seq", "sender_id", "client_id", "kind", "text", "attachments", "created_at", "edited_at", "deleted", "updated_seq"}
+    assert set(message) >= {
+        "id",
+        "conversation_id",
+        "seq",
+        "sender_id",
+        "client_id",
+        "kind",
+        "text",
+        "attachments",
+        "created_at",
+        "edited_at",
+        "deleted",
+        "updated_seq",
+    }
     assert (message["seq"], message["kind"], message["attachments"], message["deleted"]) == (1, "text", [], False)
 
     listing = await (await client.get(f"{API}/conversations", headers=bob)).json()
@@ -73,13 +111,21 @@ async def test_conversation_and_message_flow(client: TestClient, token_for: Call
 
 async def test_strangers_get_the_same_404_as_for_nothing(client: TestClient, token_for: Callable[..., str]) -> None:
     alice, mallory = auth(token_for("alice")), auth(token_for("mallory"))
-    cid = (await (await client.post(f"{API}/conversations", json={"buyer_id": "alice", "seller_id": "bob"}, headers=alice)).json())["id"]
+    cid = (
+        await (
+            await client.post(f"{API}/conversations", json={"buyer_id": "alice", "seller_id": "bob"}, headers=alice)
+        ).json()
+    )["id"]
     for target in (cid, "does-not-exist"):
         history = await client.get(f"{API}/conversations/{target}/messages", headers=mallory)
-        send = await client.post(f"{API}/conversations/{target}/messages", json={"client_id": "x", "text": "hi"}, headers=mallory)
+        send = await client.post(
+            f"{API}/conversations/{target}/messages", json={"client_id": "x", "text": "hi"}, headers=mallory
+        )
         assert (history.status, await error_code(history)) == (404, "conversation_not_found")
         assert (send.status, await error_code(send)) == (404, "conversation_not_found")
-    forbidden = await client.post(f"{API}/conversations", json={"buyer_id": "alice", "seller_id": "bob"}, headers=mallory)
+    forbidden = await client.post(
+        f"{API}/conversations", json={"buyer_id": "alice", "seller_id": "bob"}, headers=mallory
+    )
     assert forbidden.status == 403
 
 
@@ -101,7 +147,11 @@ async def test_bad_message_input_gets_a_stable_code_and_stores_nothing(
     client: TestClient, token_for: Callable[..., str], body: Any, status: int, code: str
 ) -> None:
     alice = auth(token_for("alice"))
-    cid = (await (await client.post(f"{API}/conversations", json={"buyer_id": "alice", "seller_id": "bob"}, headers=alice)).json())["id"]
+    cid = (
+        await (
+            await client.post(f"{API}/conversations", json={"buyer_id": "alice", "seller_id": "bob"}, headers=alice)
+        ).json()
+    )["id"]
     kwargs = {"data": body} if isinstance(body, str) else {"json": body}
     response = await client.post(f"{API}/conversations/{cid}/messages", headers=alice, **kwargs)
     assert response.status == status and await error_code(response) == code
@@ -111,7 +161,9 @@ async def test_bad_message_input_gets_a_stable_code_and_stores_nothing(
 
 async def test_oversized_body_is_413_and_bad_query_is_422(client: TestClient, token_for: Callable[..., str]) -> None:
     alice = auth(token_for("alice"))
-    big = await client.post(f"{API}/conversations", data="x" * (1024 * 1024), headers={**alice, "Content-Type": "application/json"})
+    big = await client.post(
+        f"{API}/conversations", data="x" * (1024 * 1024), headers={**alice, "Content-Type": "application/json"}
+    )
     assert big.status == 413 and await error_code(big) == "body_too_large"
     bad = await client.get(f"{API}/conversations?limit=abc", headers=alice)
     assert bad.status == 422 and await error_code(bad) == "invalid_query"
@@ -121,9 +173,15 @@ async def test_oversized_body_is_413_and_bad_query_is_422(client: TestClient, to
 
 async def test_events_are_for_moderators_and_page_with_next(client: TestClient, token_for: Callable[..., str]) -> None:
     alice = auth(token_for("alice"))
-    cid = (await (await client.post(f"{API}/conversations", json={"buyer_id": "alice", "seller_id": "bob"}, headers=alice)).json())["id"]
+    cid = (
+        await (
+            await client.post(f"{API}/conversations", json={"buyer_id": "alice", "seller_id": "bob"}, headers=alice)
+        ).json()
+    )["id"]
     for i in range(3):
-        await client.post(f"{API}/conversations/{cid}/messages", json={"client_id": f"c{i}", "text": f"m{i}"}, headers=alice)
+        await client.post(
+            f"{API}/conversations/{cid}/messages", json={"client_id": f"c{i}", "text": f"m{i}"}, headers=alice
+        )
     refused = await client.get(f"{API}/events", headers=alice)
     assert refused.status == 403 and await error_code(refused) == "moderator_only"
     moderator = auth(token_for("mod", moderator=True))
@@ -139,7 +197,11 @@ async def test_health_readiness_and_metrics(client: TestClient, token_for: Calla
     ready = await client.get("/readyz")
     assert ready.status == 200 and (await ready.json())["checks"]["mongodb"] == "ok"
     alice = auth(token_for("alice"))
-    cid = (await (await client.post(f"{API}/conversations", json={"buyer_id": "alice", "seller_id": "bob"}, headers=alice)).json())["id"]
+    cid = (
+        await (
+            await client.post(f"{API}/conversations", json={"buyer_id": "alice", "seller_id": "bob"}, headers=alice)
+        ).json()
+    )["id"]
     await client.post(f"{API}/conversations/{cid}/messages", json={"client_id": "c", "text": "x"}, headers=alice)
     text = await (await client.get("/metrics")).text()
     assert 'messenger_messages_sent_total{kind="text"} 1.0' in text

@@ -181,20 +181,14 @@ async def test_concurrent_scans(client: ClamdClient) -> None:
 
     results = await asyncio.gather(*(client.scan_bytes(p) for p in payloads))
 
-    assert [r.verdict for r in results] == [
-        Verdict.INFECTED if i % 2 else Verdict.CLEAN for i in range(20)
-    ]
+    assert [r.verdict for r in results] == [Verdict.INFECTED if i % 2 else Verdict.CLEAN for i in range(20)]
 
 
 @pytest.mark.parametrize("chunk_size", [16 * 1024, 64 * 1024, 1 << 20])
-async def test_clamd_stream_limit_is_unscannable(
-    small_clamd: EmbeddedClamd, chunk_size: int
-) -> None:
+async def test_clamd_stream_limit_is_unscannable(small_clamd: EmbeddedClamd, chunk_size: int) -> None:
     # Our limit is larger, so clamd itself refuses and closes mid-stream; its reply must be
     # read every time, whatever the frame size.
-    client = ClamdClient(
-        small_clamd.address, chunk_size=chunk_size, stream_max_length=100 * 1024 * 1024
-    )
+    client = ClamdClient(small_clamd.address, chunk_size=chunk_size, stream_max_length=100 * 1024 * 1024)
     for _ in range(5):
         result = await client.scan_stream(_generated(3 * SMALL_STREAM_LIMIT))
 
@@ -239,9 +233,7 @@ def encrypted_zip(tmp_path: Path) -> bytes:
     if zip_binary is None:
         pytest.skip("the zip binary is not installed (apt-get install zip); cannot make one")
     (tmp_path / "secret.txt").write_bytes(b"attack at dawn\n" * 100)
-    subprocess.run(
-        [zip_binary, "-q", "-P", "password", "enc.zip", "secret.txt"], cwd=tmp_path, check=True
-    )
+    subprocess.run([zip_binary, "-q", "-P", "password", "enc.zip", "secret.txt"], cwd=tmp_path, check=True)
     return (tmp_path / "enc.zip").read_bytes()
 
 
@@ -279,18 +271,14 @@ async def test_long_workdir_uses_a_short_socket_path(tmp_path: Path) -> None:
     assert not Path(socket_path).parent.exists()
 
 
-async def test_missing_binary_names_the_package(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_missing_binary_names_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(scanner.embedded, "find_clamd_binary", lambda: None)
 
     with pytest.raises(ClamdUnavailable, match="apt-get install clamav-daemon"):
         await EmbeddedClamd(tmp_path).start()
 
 
-async def test_missing_bundled_signatures_are_reported(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_missing_bundled_signatures_are_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Without signatures clamd would exit at once ("No supported database files found").
     monkeypatch.setattr(scanner.embedded, "SIGNATURES_DIR", tmp_path / "empty")
     (tmp_path / "empty").mkdir()

@@ -35,12 +35,18 @@ def test_a_valid_token_gives_the_identity() -> None:
         (None, "token_missing"),
         ("", "token_missing"),
         ("not-a-jwt", "token_invalid"),
-        (jwt.encode({"sub": "u1", "exp": int(time.time()) + 60}, "another-secret-of-enough-length-00000", "HS256"), "token_invalid"),
+        (
+            jwt.encode({"sub": "u1", "exp": int(time.time()) + 60}, "another-secret-of-enough-length-00000", "HS256"),
+            "token_invalid",
+        ),
         (jwt.encode({"sub": "u1", "exp": int(time.time()) - 3600}, TEST_SECRET, "HS256"), "token_expired"),
         (jwt.encode({"sub": "u1"}, TEST_SECRET, "HS256"), "token_invalid"),  # no exp
         (jwt.encode({"exp": int(time.time()) + 60}, TEST_SECRET, "HS256"), "token_invalid"),  # no sub
         (jwt.encode({"sub": "u1", "exp": int(time.time()) + 60}, None, "none"), "token_invalid"),  # unsigned
-        (jwt.encode({"sub": "u1", "exp": int(time.time()) + 60, "roles": "moderator"}, TEST_SECRET, "HS256"), "token_invalid"),
+        (
+            jwt.encode({"sub": "u1", "exp": int(time.time()) + 60, "roles": "moderator"}, TEST_SECRET, "HS256"),
+            "token_invalid",
+        ),
         (jwt.encode({"sub": 42, "exp": int(time.time()) + 60}, TEST_SECRET, "HS256"), "token_invalid"),
     ],
 )
@@ -50,7 +56,11 @@ def test_bad_tokens_are_refused_with_a_stable_code(token: object, code: str) -> 
 
 def test_rs256_tokens_verify_with_the_public_key_and_refuse_hs256_with_it_as_secret() -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     settings = AuthSettings(algorithm="RS256", public_key=public)
     good = jwt.encode({"sub": "u9", "exp": int(time.time()) + 60}, key, "RS256")
     assert TokenVerifier(settings).verify(good).user_id == "u9"
@@ -77,5 +87,11 @@ def test_production_refuses_the_dev_secret_and_the_embedded_database() -> None:
     with pytest.raises(ConfigError) as error:
         load_settings({"runtime": {"env": "production"}, "auth": {"secret": DEV_JWT_SECRET}})
     assert "JWT_SECRET" in str(error.value) and "MONGODB_URI" in str(error.value)
-    ok = load_settings({"runtime": {"env": "production"}, "auth": {"secret": TEST_SECRET}, "mongo": {"uri": "mongodb://db:27017/?replicaSet=rs0"}})
+    ok = load_settings(
+        {
+            "runtime": {"env": "production"},
+            "auth": {"secret": TEST_SECRET},
+            "mongo": {"uri": "mongodb://db:27017/?replicaSet=rs0"},
+        }
+    )
     assert ok.production

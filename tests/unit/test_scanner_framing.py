@@ -137,12 +137,7 @@ async def test_framing_byte_for_byte(fake: FakeClamd) -> None:
     session = fake.sessions[0]
     assert session.frames == [10, 10, 10, 6]
     assert bytes(session.raw) == (
-        b"zINSTREAM\0"
-        + frame(data[0:10])
-        + frame(data[10:20])
-        + frame(data[20:30])
-        + frame(data[30:36])
-        + b"\0\0\0\0"
+        b"zINSTREAM\0" + frame(data[0:10]) + frame(data[10:20]) + frame(data[20:30]) + frame(data[30:36]) + b"\0\0\0\0"
     )
 
 
