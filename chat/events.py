@@ -62,11 +62,9 @@ class EventLog:
         if not events:
             return
         async with self._lock:
-            ids = [event["id"] for event in events]
-            present = {doc["id"] async for doc in self._events.find({"id": {"$in": ids}}, {"id": 1})}
+            # No look-up first: the unique index on the event id is what turns a second append into a no-op.
             for event in events:
-                if event["id"] not in present:
-                    await self._append_one(event)
+                await self._append_one(event)
 
     async def _append_one(self, event: Mapping[str, Any]) -> None:
         while True:

@@ -36,18 +36,18 @@ def test_a_valid_token_gives_the_identity() -> None:
         ("", "token_missing"),
         ("not-a-jwt", "token_invalid"),
         (
-            jwt.encode({"sub": "u1", "exp": int(time.time()) + 60}, "another-secret-of-enough-length-00000", "HS256"),
+            jwt.encode({"sub": "u1", "exp": int(time.time()) + 86400}, "another-secret-of-enough-length-00000", "HS256"),
             "token_invalid",
         ),
         (jwt.encode({"sub": "u1", "exp": int(time.time()) - 3600}, TEST_SECRET, "HS256"), "token_expired"),
         (jwt.encode({"sub": "u1"}, TEST_SECRET, "HS256"), "token_invalid"),  # no exp
-        (jwt.encode({"exp": int(time.time()) + 60}, TEST_SECRET, "HS256"), "token_invalid"),  # no sub
-        (jwt.encode({"sub": "u1", "exp": int(time.time()) + 60}, None, "none"), "token_invalid"),  # unsigned
+        (jwt.encode({"exp": int(time.time()) + 86400}, TEST_SECRET, "HS256"), "token_invalid"),  # no sub
+        (jwt.encode({"sub": "u1", "exp": int(time.time()) + 86400}, None, "none"), "token_invalid"),  # unsigned
         (
-            jwt.encode({"sub": "u1", "exp": int(time.time()) + 60, "roles": "moderator"}, TEST_SECRET, "HS256"),
+            jwt.encode({"sub": "u1", "exp": int(time.time()) + 86400, "roles": "moderator"}, TEST_SECRET, "HS256"),
             "token_invalid",
         ),
-        (jwt.encode({"sub": 42, "exp": int(time.time()) + 60}, TEST_SECRET, "HS256"), "token_invalid"),
+        (jwt.encode({"sub": 42, "exp": int(time.time()) + 86400}, TEST_SECRET, "HS256"), "token_invalid"),
     ],
 )
 def test_bad_tokens_are_refused_with_a_stable_code(token: object, code: str) -> None:
@@ -62,10 +62,10 @@ def test_rs256_tokens_verify_with_the_public_key_and_refuse_hs256_with_it_as_sec
         .decode()
     )
     settings = AuthSettings(algorithm="RS256", public_key=public)
-    good = jwt.encode({"sub": "u9", "exp": int(time.time()) + 60}, key, "RS256")
+    good = jwt.encode({"sub": "u9", "exp": int(time.time()) + 86400}, key, "RS256")
     assert TokenVerifier(settings).verify(good).user_id == "u9"
     # the classic key-confusion attack: HS256 signed with the public key as the secret
-    forged = jwt.encode({"sub": "u9", "exp": int(time.time()) + 60}, "x" * 40, "HS256")
+    forged = jwt.encode({"sub": "u9", "exp": int(time.time()) + 86400}, "x" * 40, "HS256")
     assert code_of(forged, settings) == "token_invalid"
 
 
