@@ -153,3 +153,50 @@ async def test_a_delivery_with_an_infected_file_is_blocked_never_delivered(servi
     assert rest(service, "buyer-2", "GET", f"/deliveries/{delivery['id']}")["status"] == "blocked"
     infected = rest(service, "buyer-2", "GET", f"/attachments/{files[1]}")
     assert infected["status"] == "infected" and infected["scan"]["verdict"] == "infected"
+
+
+async def test_with_kafka_configured_the_order_service_consumes_order_delivered_from_kafka(
+    start: Any, tmp_path: Any
+) -> None:
+    from aiokafka import AIOKafkaConsumer
+
+    from tests.integration.kafka_broker import start_broker
+
+    broker = start_broker()
+    try:
+        service = start(
+            env={"KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "KAFKA_IDEMPOTENCE": "false"}, name="with-kafka"
+        )
+        cid = open_conversation(service, "buyer-3", "seller-3", "order-300")
+        files = [await upload(service, "seller-3", cid, png(4), "final.png", "image/png")]
+        delivery = rest(
+            service,
+            "seller-3",
+            "POST",
+            "/orders/order-300/deliveries",
+            {"conversation_id": cid, "text": "", "attachment_ids": files},
+        )
+        consumer = AIOKafkaConsumer(
+            "messenger.orders",
+            bootstrap_servers=broker.bootstrap,
+            auto_offset_reset="earliest",
+            group_id="order-service",
+        )
+        await consumer.start()
+        try:
+            received: list[dict[str, Any]] = []
+            deadline = asyncio.get_running_loop().time() + 30
+            while not any(e["type"] == "order.delivered" for e in received):
+                assert asyncio.get_running_loop().time() < deadline, f"order.delivered never reached Kafka: {received}"
+                batch = await consumer.getmany(timeout_ms=500)
+                for records in batch.values():
+                    for record in records:
+                        assert record.key == b"order-300"
+                        received.append(json.loads(record.value))
+        finally:
+            await consumer.stop()
+        [delivered] = [e for e in received if e["type"] == "order.delivered"]
+        assert delivered["data"]["delivery_id"] == delivery["id"] and delivered["data"]["attachments"][0]["preview_url"]
+        assert {"id", "type", "version", "occurred_at", "key", "data"} <= set(delivered)
+    finally:
+        broker.stop()
