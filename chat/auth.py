@@ -29,7 +29,8 @@ class Identity:
 class TokenVerifier:
     def __init__(self, settings: AuthSettings) -> None:
         self._settings = settings
-        self._key = settings.public_key if settings.algorithm == "RS256" else settings.secret
+        # Settings validation guarantees a public key for RS256 in production; an empty key fails every token.
+        self._key: str = (settings.public_key or "") if settings.algorithm == "RS256" else settings.secret
 
     def verify(self, token: object) -> Identity:
         if not isinstance(token, str) or not token:

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from chat.auth import Identity, TokenVerifier
 from chat.errors import InvalidInput, MessengerError, PayloadTooLarge, Unauthenticated
@@ -65,7 +66,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     return response
 
 
-def auth_middleware(verifier: TokenVerifier) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def auth_middleware(verifier: TokenVerifier) -> Middleware:
     """Every /api/v1 request must carry a valid bearer token; nothing under it is public."""
 
     @web.middleware

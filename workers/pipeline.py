@@ -154,10 +154,11 @@ class AttachmentPipeline:
     # --- the stages --------------------------------------------------------------------------
 
     async def _advance(self, job: Doc) -> None:
+        current: Doc | None = job
         if job["status"] in SCAN_STATUSES:
-            job = await self._scan(job)
-        if job is not None and job["status"] == AttachmentStatus.CLEAN:
-            await self._preview(job)
+            current = await self._scan(job)
+        if current is not None and current["status"] == AttachmentStatus.CLEAN:
+            await self._preview(current)
 
     async def _scan(self, job: Doc) -> Doc | None:
         scanning = await self._move(

@@ -81,7 +81,7 @@ class OrderService:
         return [e for e in self.seen if e["key"] == order_id and e["type"] == event_type]
 
 
-async def wait_for_order_event(orders: OrderService, order_id: str, event_type: str, timeout: float = 20) -> None:
+async def wait_for_order_event(orders: OrderService, order_id: str, event_type: str, timeout: float = 20) -> None:  # noqa: ASYNC109
     deadline = asyncio.get_running_loop().time() + timeout
     while not orders.of(order_id, event_type):
         assert asyncio.get_running_loop().time() < deadline, f"no {event_type} for {order_id}; saw {orders.seen}"

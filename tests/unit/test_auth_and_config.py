@@ -36,7 +36,9 @@ def test_a_valid_token_gives_the_identity() -> None:
         ("", "token_missing"),
         ("not-a-jwt", "token_invalid"),
         (
-            jwt.encode({"sub": "u1", "exp": int(time.time()) + 86400}, "another-secret-of-enough-length-00000", "HS256"),
+            jwt.encode(
+                {"sub": "u1", "exp": int(time.time()) + 86400}, "another-secret-of-enough-length-00000", "HS256"
+            ),
             "token_invalid",
         ),
         (jwt.encode({"sub": "u1", "exp": int(time.time()) - 3600}, TEST_SECRET, "HS256"), "token_expired"),
