@@ -14,6 +14,7 @@ run: system-deps-run install
 
 test: test-deps
 	$(PYTHON) -m ruff check .
+	$(PYTHON) -m mypy
 	$(PYTHON) -m pytest
 
 unit:
