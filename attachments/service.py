@@ -105,7 +105,7 @@ class AttachmentService:
                 "method": "MULTIPART",
                 "upload_id": upload_id,
                 "part_size": part_size,
-                "parts": await self._part_urls(key, upload_id, range(1, part_count + 1)),
+                "parts": await self._part_urls(doc, range(1, part_count + 1)),
             }
         upload["expires_at"] = iso(now + timedelta(seconds=expires_in))
         try:
@@ -120,12 +120,15 @@ class AttachmentService:
         part_size = max(self._settings.min_part_size, math.ceil(needed / MiB) * MiB)
         return min(part_size, self._settings.max_part_size)
 
-    async def _part_urls(self, key: str, upload_id: str, numbers: Sequence[int] | range) -> list[dict[str, Any]]:
+    async def _part_urls(self, doc: Doc, numbers: Sequence[int] | range) -> list[dict[str, Any]]:
+        spec = doc["upload"]
         expires_in = self._settings.upload_url_ttl_seconds
-        return [
-            {"part_number": n, "url": await self._storage.presign_part(key, upload_id, n, expires_in=expires_in)}
-            for n in numbers
-        ]
+        parts = []
+        for n in numbers:
+            size = self._expected_part_size(doc, n)
+            url = await self._storage.presign_part(doc["key"], spec["upload_id"], n, size=size, expires_in=expires_in)
+            parts.append({"part_number": n, "size": size, "url": url})
+        return parts
 
     async def resume(self, caller: Identity, attachment_id: str) -> dict[str, Any]:
         """Fresh URLs for what has not landed yet (every part of a POST upload, missing parts of multipart)."""
@@ -149,7 +152,7 @@ class AttachmentService:
                 "method": "MULTIPART",
                 "upload_id": upload_spec["upload_id"],
                 "part_size": upload_spec["part_size"],
-                "parts": await self._part_urls(doc["key"], upload_spec["upload_id"], missing),
+                "parts": await self._part_urls(doc, missing),
                 "uploaded_parts": [
                     {"part_number": p.part_number, "etag": p.etag} for p in landed if p.part_number in good
                 ],

@@ -41,7 +41,7 @@ class UploadGone(Exception):
 class ObjectStorage(Protocol):
     async def presign_post(self, key: str, *, size: int, content_type: str, expires_in: int) -> dict[str, Any]: ...
     async def start_multipart(self, key: str, *, content_type: str) -> str: ...
-    async def presign_part(self, key: str, upload_id: str, part_number: int, *, expires_in: int) -> str: ...
+    async def presign_part(self, key: str, upload_id: str, part_number: int, *, size: int, expires_in: int) -> str: ...
     async def list_parts(self, key: str, upload_id: str) -> list[StoredPart]: ...
     async def complete_multipart(self, key: str, upload_id: str, parts: Sequence[StoredPart]) -> None: ...
     async def abort_multipart(self, key: str, upload_id: str) -> None: ...
@@ -131,10 +131,17 @@ class S3Storage:
         response = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key, ContentType=content_type)
         return str(response["UploadId"])
 
-    async def presign_part(self, key: str, upload_id: str, part_number: int, *, expires_in: int) -> str:
+    async def presign_part(self, key: str, upload_id: str, part_number: int, *, size: int, expires_in: int) -> str:
+        # Content-Length is signed into the URL, so S3 refuses a part of any other size.
         url: str = await self._browser_client.generate_presigned_url(
             "upload_part",
-            Params={"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": part_number},
+            Params={
+                "Bucket": self.bucket,
+                "Key": key,
+                "UploadId": upload_id,
+                "PartNumber": part_number,
+                "ContentLength": size,
+            },
             ExpiresIn=expires_in,
         )
         return url

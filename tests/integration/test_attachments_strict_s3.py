@@ -254,6 +254,11 @@ async def test_part_urls_are_bound_to_their_part_and_upload(open_chat: OpenChat,
     other_upload_id = upload["upload_id"][:-4] + ("AAAA" if not upload["upload_id"].endswith("AAAA") else "BBBB")
     other_upload = await browser_put(with_query(urls[1], uploadId=other_upload_id), chunks[1])
     assert (other_upload.status, other_upload.code) == (403, "SignatureDoesNotMatch"), other_upload.describe()
+    # ...nor take more or fewer bytes than the part's size, which is signed into the URL.
+    assert [p["size"] for p in upload["parts"]] == [part_size, part_size, len(content) - 2 * part_size]
+    for wrong in (chunks[1] + b"extra", chunks[1][:-1]):
+        resized = await browser_put(urls[1], wrong)
+        assert resized.status == 403, resized.describe()
     assert await storage.list_parts(key, upload["upload_id"]) == []
 
     # The URLs as issued work: a browser's plain PUT, no checksum header or other extra.
