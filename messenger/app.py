@@ -41,7 +41,7 @@ from config.settings import Settings
 from messenger import __version__
 from messenger.database import Database, open_database
 from scanner import ClamdClient, ClamdUnavailable, EmbeddedClamd, ScanResult, Verdict
-from workers.pipeline import AttachmentPipeline, Scanner
+from workers.pipeline import AttachmentPipeline, PipelineMetrics, Scanner
 from workers.previews import LocalPreviewRenderer, PreviewRenderer
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ class Container:
     moderation_queue: ModerationQueue
     previews: PreviewRenderer
     notifier: Notifier
+    pipeline_metrics: PipelineMetrics
     embedded_s3: EmbeddedS3 | None = None
     embedded_clamd: EmbeddedClamd | None = None
     scanner: Scanner = field(default_factory=lambda: UnavailableScanner("clamd has not been started"))
@@ -104,6 +105,7 @@ class Container:
             self.previews,
             self.attachments,
             self.deliveries,
+            metrics=self.pipeline_metrics,
             worker_id=worker_id,
         )
 
@@ -248,6 +250,7 @@ def build_container(settings: Settings, *, notifier: Notifier | None = None, wri
         moderation_queue=moderation_queue,
         previews=previews,
         notifier=notifier,
+        pipeline_metrics=PipelineMetrics(registry),
         embedded_s3=embedded_s3,
         embedded_clamd=embedded_clamd,
         redis=redis_client,

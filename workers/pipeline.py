@@ -14,10 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from attachments.deliveries import DeliveryService
 from attachments.models import AttachmentStatus
@@ -43,6 +46,20 @@ class Scanner(Protocol):
     async def scan_stream(self, chunks: Any) -> ScanResult: ...
 
 
+class PipelineMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.scans = Counter("messenger_scans_total", "Files scanned, by verdict", ["verdict"], registry=registry)
+        self.scan_seconds = Histogram(
+            "messenger_scan_seconds",
+            "Time to stream one file from S3 through clamd",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=registry,
+        )
+        self.previews = Counter(
+            "messenger_previews_total", "Preview attempts, by outcome", ["outcome"], registry=registry
+        )
+
+
 class LeaseLost(Exception):
     """Another worker owns this job now (our lease expired); stop working on it."""
 
@@ -59,6 +76,7 @@ class AttachmentPipeline:
         attachments: AttachmentService,
         deliveries: DeliveryService,
         *,
+        metrics: PipelineMetrics | None = None,
         worker_id: str | None = None,
     ) -> None:
         self._settings = settings
@@ -69,6 +87,7 @@ class AttachmentPipeline:
         self._previews = previews
         self._attachments = attachments
         self._deliveries = deliveries
+        self._metrics = metrics or PipelineMetrics(CollectorRegistry())
         self.worker_id = worker_id or f"worker-{uuid.uuid4().hex[:12]}"
         self._scanner_was_down = False
 
@@ -166,10 +185,14 @@ class AttachmentPipeline:
         )
         if scanning["status"] != job["status"]:
             await self._attachments.publish(scanning)
+        started = time.perf_counter()
         try:
             result = await self._scanner.scan_stream(self._storage.stream(job["key"], chunk_size=self._chunk_size))
         except Exception as exc:  # S3 failing mid-stream, for one
             result = ScanResult(Verdict.ERROR, reason=f"{type(exc).__name__}: {exc}")
+        self._metrics.scans.labels(verdict=str(result.verdict)).inc()
+        if result.verdict is not Verdict.ERROR:
+            self._metrics.scan_seconds.observe(time.perf_counter() - started)
         if result.verdict is Verdict.ERROR:
             await self._retry_or_fail(scanning, result)
             return None
@@ -276,7 +299,9 @@ class AttachmentPipeline:
         changes: dict[str, Any] = {"status": str(AttachmentStatus.READY)}
         try:
             preview = await self._previews.render(source)
+            self._metrics.previews.labels(outcome="made" if preview else "not_applicable").inc()
         except PreviewFailed as exc:
+            self._metrics.previews.labels(outcome="failed").inc()
             tries = int(job.get("preview_attempts", 0)) + 1
             if tries < MAX_PREVIEW_ATTEMPTS:
                 await self._move(

@@ -151,6 +151,9 @@ async def test_clean_files_are_scanned_previewed_and_released(h: Harness) -> Non
     assert preview is not None and preview.size > 100
     assert {e["data"]["attachment_id"] for e in await h.events("attachment.ready")} == {image, document, text}
     assert [e["data"]["verdict"] for e in await h.events("attachment.scanned")] == ["clean"] * 3
+    metrics = await (await h.client.get("/metrics")).text()
+    assert 'messenger_scans_total{verdict="clean"} 3.0' in metrics
+    assert 'messenger_previews_total{outcome="made"} 2.0' in metrics
 
 
 @pytest.mark.parametrize(
