@@ -18,6 +18,8 @@ from chat.clock import epoch_ms, utc_now
 from chat.events import OUTBOX_FIELD
 
 Doc = dict[str, Any]
+# A safety bound, far above what a person edits while a client is away.
+MAX_CHANGED_PER_SYNC = 5000
 
 
 def new_id() -> str:
@@ -188,13 +190,23 @@ class MessageStore:
         """A page of messages in seq order, and whether more lie beyond it."""
         query: Doc = {"conversation_id": conversation_id}
         if after_seq is not None:
-            # Changed messages count as new for a client syncing from after_seq.
-            query["$or"] = [{"seq": {"$gt": after_seq}}, {"updated_seq": {"$gt": after_seq}}]
+            # Older messages changed since after_seq all come (they are as many as the changes, and
+            # paging through them by seq could never advance the client's cursor); new messages
+            # come a page at a time, so passing the highest seq received always makes progress.
+            changed = (
+                self._messages.find(
+                    {"conversation_id": conversation_id, "seq": {"$lte": after_seq}, "updated_seq": {"$gt": after_seq}},
+                    {OUTBOX_FIELD: 0},
+                )
+                .sort("seq", ASCENDING)
+                .limit(MAX_CHANGED_PER_SYNC)
+            )
+            newer: Doc = {"conversation_id": conversation_id, "seq": {"$gt": after_seq}}
             if before_seq is not None:
-                query["seq"] = {"$lt": before_seq}
-            cursor = self._messages.find(query, {OUTBOX_FIELD: 0}).sort("seq", ASCENDING).limit(limit + 1)
-            docs = [doc async for doc in cursor]
-            return docs[:limit], len(docs) > limit
+                newer["seq"]["$lt"] = before_seq
+            cursor = self._messages.find(newer, {OUTBOX_FIELD: 0}).sort("seq", ASCENDING).limit(limit + 1)
+            new_docs = [doc async for doc in cursor]
+            return [doc async for doc in changed] + new_docs[:limit], len(new_docs) > limit
         if before_seq is not None:
             query["seq"] = {"$lt": before_seq}
         # Newest page first from the database, returned oldest first.

@@ -245,3 +245,26 @@ async def test_presence_is_announced_to_partners_when_first_session_opens_and_la
     [status] = await wired.chat.presence_of(bob, ["alice"])
     assert status["online"] is False and status["last_seen"] is not None
     assert await wired.chat.presence_of(person("stranger"), ["alice"]) == []
+
+
+async def test_sync_makes_progress_when_more_old_messages_changed_than_a_page_holds(wire_with: Any) -> None:
+    w = await wire_with(chat={"send_rate_per_second": 10_000, "send_burst": 10_000})
+    cid = await open_chat(w)
+    sent = [await send(w, alice, cid, f"m{i}", client_id=f"k{i}") for i in range(30)]
+    for message in sent[:12]:
+        await w.chat.edit_message(alice, message["id"], message["text"] + " (edited)")
+    for i in range(30, 45):
+        await send(w, alice, cid, f"m{i}", client_id=f"k{i}")
+    # A client that had seen seq 30 pages with a small limit, always from the highest seq it got.
+    seen: dict[int, str] = {}
+    cursor, rounds = 30, 0
+    while True:
+        rounds += 1
+        page = await w.chat.history(bob, cid, after_seq=cursor, before_seq=None, limit=5)
+        seen.update({m["seq"]: m["text"] for m in page.messages})
+        cursor = max([cursor, *(m["seq"] for m in page.messages)])
+        if not page.has_more:
+            break
+        assert rounds < 10, "sync does not advance"
+    assert [seen[n] for n in range(1, 13)] == [f"m{i} (edited)" for i in range(12)]
+    assert sorted(n for n in seen if n > 30) == list(range(31, 46))
