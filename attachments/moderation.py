@@ -263,9 +263,11 @@ class ModerationService:
             raise NotFound("no such attachment", code="attachment_not_found")
         status = doc["status"]
         decision_id = new_id()
-        event = self._decision_event(
-            caller, decision_id, "attachment", attachment_id, doc["conversation_id"], action, note, status
-        )
+        events = [
+            self._decision_event(
+                caller, decision_id, "attachment", attachment_id, doc["conversation_id"], action, note, status
+            )
+        ]
         if action == "release":
             if status == AttachmentStatus.INFECTED:
                 raise Conflict(
@@ -294,10 +296,13 @@ class ModerationService:
                 "preview_key": None,
                 "preview_url": None,
             }
+            rejected = {"attachment_id": attachment_id, "conversation_id": doc["conversation_id"]}
+            rejected |= {"reason": "rejected_by_moderator", "detail": note, "decision_id": decision_id}
+            events.append(new_event("attachment.rejected", doc["conversation_id"], rejected))
             for key in {doc["key"], doc.get("preview_key")} - {None}:
                 await self._storage.delete(str(key))
         moved = await self._attachment_store.transition(
-            attachment_id, from_statuses=[status], changes=changes, events=[event]
+            attachment_id, from_statuses=[status], changes=changes, events=events
         )
         if moved is None:
             raise Conflict("the file changed meanwhile; look again", code="changed_meanwhile")

@@ -306,7 +306,7 @@ class AttachmentService:
     # --- reading ---------------------------------------------------------------------------
 
     async def get(self, caller: Identity, attachment_id: str) -> dict[str, Any]:
-        return attachment_view(await self._visible(caller, attachment_id, moderators_too=True))
+        return await self.view(await self._visible(caller, attachment_id, moderators_too=True))
 
     async def download_url(self, caller: Identity, attachment_id: str) -> str:
         doc = await self._visible(caller, attachment_id)

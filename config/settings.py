@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 # Signs tokens on a developer's machine only; production refuses to start with it.
 DEV_JWT_SECRET = "dev-only-insecure-secret-change-me-0123456789"
@@ -43,6 +44,8 @@ class RuntimeSettings(_Section):
     data_dir: str = ".messenger"  # embedded S3 objects, clamd files and the like
     log_level: str = "INFO"
     cors_origins: list[str] = Field(default_factory=list)
+    # Off by default: per-connection zlib state costs far more memory than small messages save.
+    websocket_compression: bool = False
 
 
 class AuthSettings(_Section):
@@ -128,7 +131,8 @@ class ScannerSettings(_Section):
     model_config = SettingsConfigDict(env_prefix="CLAMD_", extra="ignore", frozen=True)
     # tcp://host:port or a unix socket path; unset: the service starts its own clamd
     address: str | None = None
-    stream_max_length: int = Field(default=100 * MiB, ge=1)
+    # clamd's own ceiling is 4 GB; larger files cannot be scanned and go to a moderator (needs_review).
+    stream_max_length: int = Field(default=4000 * MiB, ge=1, le=4095 * MiB)
     chunk_size: int = Field(default=1 * MiB, ge=4096, le=64 * MiB)
     timeout_seconds: float = Field(default=60.0, gt=0)
 
@@ -213,6 +217,8 @@ def load_settings(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> S
     for name, section in SECTIONS.items():
         try:
             values[name] = section(**dict(overrides.get(name, {})))
+        except SettingsError as exc:
+            raise ConfigError(f'invalid configuration: {exc} (list values are JSON, e.g. ["a", "b"])') from None
         except ValidationError as exc:
             problems = "; ".join(f"{_variable_name(section, tuple(err['loc']))}: {err['msg']}" for err in exc.errors())
             raise ConfigError(f"invalid configuration: {problems}") from None
@@ -224,9 +230,10 @@ def load_settings(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> S
 
 def _refuse_inconsistent(settings: Settings) -> None:
     problems = []
-    if settings.s3.accelerate and (settings.s3.endpoint_url or settings.s3.public_endpoint_url or settings.s3.embedded):
+    if settings.s3.accelerate and (settings.s3.endpoint_url or settings.s3.public_endpoint_url or settings.embedded_s3):
         problems.append(
-            "S3_ACCELERATE=true works only against AWS itself: unset S3_ENDPOINT_URL and S3_PUBLIC_ENDPOINT_URL"
+            "S3_ACCELERATE=true works only against AWS itself: unset S3_ENDPOINT_URL and S3_PUBLIC_ENDPOINT_URL,"
+            " and set S3_EMBEDDED=false in development"
             " (botocore cannot combine the accelerate endpoint with a custom one)"
         )
     if settings.redis.url and not settings.mongo.uri:

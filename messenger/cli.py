@@ -9,6 +9,7 @@ import sys
 from aiohttp import web
 
 from chat.auth import issue_token
+from chat.errors import MessengerError
 from config.settings import ConfigError, Settings, load_settings
 from messenger import __version__
 from messenger.logs import configure_logging
@@ -46,11 +47,25 @@ def main(argv: list[str] | None = None) -> int:
         if args.ttl <= 0:
             print("messenger: --ttl must be positive", file=sys.stderr)
             return 2
-        print(issue_token(settings.auth, args.user_id, name=args.name, moderator=args.moderator, ttl_seconds=args.ttl))
+        try:
+            token_text = issue_token(
+                settings.auth, args.user_id, name=args.name, moderator=args.moderator, ttl_seconds=args.ttl
+            )
+        except MessengerError as exc:
+            print(f"messenger: {exc.message}", file=sys.stderr)
+            return 1
+        print(token_text)
         return 0
 
     configure_logging(settings.runtime.log_level)
     if args.command == "worker":
+        if not settings.mongo.uri:
+            print(
+                "messenger: a separate worker needs the database the service uses: set MONGODB_URI"
+                " (with the embedded default the pipeline already runs inside `messenger serve`)",
+                file=sys.stderr,
+            )
+            return 1
         return run_worker_until_signalled(settings)
     from messenger.app import create_app
 

@@ -142,6 +142,13 @@ class AttachmentPipeline:
         self._scanner_was_down = not up
         return up
 
+    async def _storage_reachable(self) -> bool:
+        try:
+            await self._storage.ping()
+        except Exception:
+            return False
+        return True
+
     async def _claim(self, statuses: tuple[AttachmentStatus, ...]) -> Doc | None:
         now = utc_now()
         return await self._store.claim(
@@ -254,8 +261,8 @@ class AttachmentPipeline:
         return None
 
     async def _retry_or_fail(self, job: Doc, result: ScanResult) -> None:
-        if not await self._scanner.ping():
-            # clamd went away mid-scan: not the file's fault, so the attempt does not count.
+        if not await self._scanner.ping() or not await self._storage_reachable():
+            # clamd or S3 went away mid-scan: not the file's fault, so the attempt does not count.
             moved = await self._move(
                 job,
                 [AttachmentStatus.SCANNING],

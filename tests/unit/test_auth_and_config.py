@@ -97,3 +97,17 @@ def test_production_refuses_the_dev_secret_and_the_embedded_database() -> None:
         }
     )
     assert ok.production
+
+
+def test_accelerate_is_refused_with_the_embedded_s3_and_lists_must_be_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="S3_ACCELERATE"):
+        load_settings({"s3": {"accelerate": True}})
+    assert load_settings({"s3": {"accelerate": True, "embedded": False}}).s3.accelerate
+    monkeypatch.setenv("MESSENGER_CORS_ORIGINS", "https://marketplace.example")
+    with pytest.raises(ConfigError, match=r"cors_origins|MESSENGER_CORS_ORIGINS"):
+        load_settings()
+
+
+def test_several_nodes_need_a_shared_database() -> None:
+    with pytest.raises(ConfigError, match="MONGODB_URI"):
+        load_settings({"redis": {"url": "redis://127.0.0.1:6379/0"}})
