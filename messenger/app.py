@@ -35,11 +35,12 @@ from chat.ports import NoAttachments, Notifier
 from chat.presence import LocalPresence, PresenceTracker, RedisPresence
 from chat.rest import ChatRoutes
 from chat.service import ChatService
-from chat.sockets import ChatGateway, SocketNotifier
+from chat.sockets import ChatGateway, SocketNotifier, without_websocket_compression
 from chat.store import ConversationStore, MessageStore
 from config.settings import Settings
 from messenger import __version__
 from messenger.database import Database, open_database
+from messenger.web import WebClient
 from scanner import ClamdClient, ClamdUnavailable, EmbeddedClamd, ScanResult, Verdict
 from workers.pipeline import AttachmentPipeline, PipelineMetrics, Scanner
 from workers.previews import LocalPreviewRenderer, PreviewRenderer
@@ -93,6 +94,7 @@ class Container:
     embedded_clamd: EmbeddedClamd | None = None
     scanner: Scanner = field(default_factory=lambda: UnavailableScanner("clamd has not been started"))
     redis: Any = None
+    scans_here: bool = True
     background: list[asyncio.Task[Any]] = field(default_factory=list)
 
     def pipeline(self, *, worker_id: str | None = None) -> AttachmentPipeline:
@@ -118,7 +120,9 @@ class Container:
             files = f"S3 at {where}, bucket {s.s3.bucket}" + (
                 ", browser URLs via Transfer Acceleration" if s.s3.accelerate else ""
             )
-        if isinstance(self.scanner, UnavailableScanner):
+        if not self.scans_here:
+            scanning = "done by `messenger worker` processes (this node runs no clamd)"
+        elif isinstance(self.scanner, UnavailableScanner):
             scanning = f"UNAVAILABLE ({self.scanner.reason}); uploads wait unscanned"
         elif self.embedded_clamd is not None:
             scanning = f"embedded clamd at {self.embedded_clamd.address} with the bundled test signatures"
@@ -383,15 +387,17 @@ def create_app(
     settings: Settings, *, notifier: Notifier | None = None, run_pipeline: bool | None = None
 ) -> web.Application:
     container = build_container(settings, notifier=notifier)
-    app = web.Application(
-        middlewares=[errors_middleware, auth_middleware(container.verifier)], client_max_size=MAX_REST_BODY
-    )
+    middlewares = [errors_middleware, auth_middleware(container.verifier)]
+    if not settings.runtime.websocket_compression:
+        middlewares.insert(0, without_websocket_compression)
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_REST_BODY)
     app[CONTAINER] = container
     container.sio.attach(app)
     ChatRoutes(container.chat, container.events).register(app)
     AttachmentRoutes(container.attachments).register(app)
     DeliveryRoutes(container.deliveries).register(app)
     ModerationRoutes(container.moderation).register(app)
+    WebClient.for_settings(settings, container.embedded_s3).register(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -401,7 +407,10 @@ def create_app(
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(database_started(container))
             await stack.enter_async_context(storage_started(container))
-            await stack.enter_async_context(scanner_started(container))
+            # A node whose scanning runs in `messenger worker`s needs no clamd of its own.
+            container.scans_here = settings.worker.embedded or bool(settings.scanner.address)
+            if container.scans_here:
+                await stack.enter_async_context(scanner_started(container))
             await stack.enter_async_context(loops_started(container, pipeline=pipeline, housekeeping=True))
             log_what_runs(container, "serve")
             yield
@@ -445,7 +454,8 @@ async def readyz(request: web.Request) -> web.Response:
 
     await check("mongodb", container.database.ping)
     await check("s3", container.storage.ping)
-    await check("clamd", container.scanner.ping)
+    if container.scans_here:
+        await check("clamd", container.scanner.ping)
     if container.redis is not None:
         await check("redis", container.redis.ping)
     failed = sorted(name for name, state in checks.items() if state != "ok")
