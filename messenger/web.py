@@ -128,16 +128,18 @@ def content_security_policy(s3_origins: Sequence[str], image_origins: Sequence[s
 
 
 def find_socketio_client() -> Path | None:
-    """The installed `socket.io-client` build: MESSENGER_SOCKETIO_JS, else the e2e tests' node_modules."""
+    """The installed `socket.io-client` build: MESSENGER_SOCKETIO_JS, else the e2e tests' node_modules.
+
+    When the variable is set it decides alone, so `MESSENGER_SOCKETIO_JS=none` turns live updates off.
+    """
     configured = os.environ.get(SOCKETIO_CLIENT_ENV)
-    candidates = [Path(configured)] if configured else []
-    candidates.append(REPO_SOCKETIO_CLIENT)
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
     if configured:
-        log.warning("MESSENGER_SOCKETIO_JS does not name a file", extra={"path": configured})
-    return None
+        if Path(configured).is_file():
+            return Path(configured)
+        if configured.lower() != "none":
+            log.warning("MESSENGER_SOCKETIO_JS does not name a file", extra={"path": configured})
+        return None
+    return REPO_SOCKETIO_CLIENT if REPO_SOCKETIO_CLIENT.is_file() else None
 
 
 def browser_s3_origins(s3: S3Settings, embedded_s3: EmbeddedS3 | None = None) -> list[str]:

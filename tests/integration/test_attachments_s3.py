@@ -157,13 +157,15 @@ async def test_presigned_post_upload_is_verified_then_downloadable_by_both_parti
         location = response.headers["Location"]
         assert "X-Amz-Expires=300" in location and "response-content-disposition=attachment" in location
         signed = parse_qs(urlsplit(location).query)
-        # moto ignores these overrides; the strict S3 tests check the headers S3 actually sends.
         assert signed["response-content-disposition"] == [
             "attachment; filename=\"logo.png\"; filename*=UTF-8''logo.png"
         ]
         assert signed["response-content-type"] == ["image/png"]
         async with aiohttp.ClientSession() as browser, browser.get(location) as fetched:
             assert await fetched.read() == content
+            # what makes the browser save it as a file instead of rendering it
+            assert fetched.headers["Content-Disposition"].startswith('attachment; filename="logo.png"')
+            assert fetched.headers["Content-Type"] == "image/png"
 
     stranger = await chat.client.get(
         f"{API}/attachments/{attachment['id']}/download", headers=chat.auth("stranger"), allow_redirects=False

@@ -16,8 +16,8 @@ API = "/api/v1"
 
 @pytest.fixture
 async def h(aiohttp_client: Any) -> Harness:
-    settings = make_settings(worker={"embedded": False, "backoff_base_seconds": 0}, chat={"contact_policy": "hold"})
-    client = await aiohttp_client(create_app(settings))
+    settings = make_settings(worker={"backoff_base_seconds": 0}, chat={"contact_policy": "hold"})
+    client = await aiohttp_client(create_app(settings, run_pipeline=False))  # driven by hand
     return await Harness(client).open(order_id="order-42")
 
 

@@ -118,7 +118,6 @@ class Harness:
 async def h(aiohttp_client: Any) -> Harness:
     settings = make_settings(
         worker={
-            "embedded": False,
             "lease_seconds": 2,
             "backoff_base_seconds": 0,
             "max_attempts": 2,
@@ -126,7 +125,8 @@ async def h(aiohttp_client: Any) -> Harness:
         },
         scanner={"stream_max_length": STREAM_LIMIT},
     )
-    client = await aiohttp_client(create_app(settings))
+    # The pipeline is driven by hand here (process_one), so its background loop stays off.
+    client = await aiohttp_client(create_app(settings, run_pipeline=False))
     harness = Harness(client)
     assert await harness.c.scanner.ping(), "the embedded clamd must be running (apt-get install clamav-daemon)"
     return await harness.open()
