@@ -1,0 +1,1 @@
+"""Helpers shared by several test modules (servers the tests stand up themselves)."""
