@@ -108,7 +108,11 @@ class Outbox:
         self._log = log_
         self._collections = tuple(collections)
 
-    async def flush(self, collection: str, doc_id: Any) -> None:
+    async def flush(self, collection: str, doc_id: Any, events: list[dict[str, Any]] | None = None) -> None:
+        """Move a document's events to the log; pass `events` when the writer has them in hand."""
+        if events is not None:
+            await self._move(collection, {"_id": doc_id, OUTBOX_FIELD: events})
+            return
         doc = await self._db[collection].find_one({"_id": doc_id}, {OUTBOX_FIELD: 1})
         if doc:
             await self._move(collection, doc)

@@ -167,7 +167,7 @@ class ChatService:
             )
             if attachment_ids:
                 await self._attachments.link_to_message(attachment_ids, doc["_id"])
-            await self._outbox.flush("messages", doc["_id"])
+            await self._outbox.flush("messages", doc["_id"], doc.pop("_events"))
             described = await self._attachments.describe(attachment_ids)
             await self._fan_out("message:new", doc, [caller.user_id, recipient], described)
 
@@ -247,7 +247,8 @@ class ChatService:
                 # Another node took this seq: continue after the highest one stored.
                 seq = max(seq, await self._messages.highest_seq(conversation_id)) + 1
                 continue
-            doc.pop(OUTBOX_FIELD)
+            # Kept out of the returned document, but handed to the flush so it need not re-read them.
+            doc["_events"] = doc.pop(OUTBOX_FIELD)
             return doc
 
     @staticmethod

@@ -90,15 +90,15 @@ class ConversationStore:
         )
         return [doc async for doc in cursor]
 
-    async def record_message(
-        self, conversation_id: str, role: str, seq: int, message_id: str, activity_ms: int
-    ) -> None:
+    async def record_message(self, conversation_id: str, role: str, seq: int, message_id: str, activity_ms: int) -> None:
         """Move last_seq forward (never back) and count the sender as having read their own message."""
-        await self._conversations.update_one(
+        read = {f"read_seq.{role}": seq}
+        moved = await self._conversations.update_one(
             {"_id": conversation_id, "last_seq": {"$lt": seq}},
-            {"$set": {"last_seq": seq, "last_message_id": message_id, "last_activity_ms": activity_ms}},
+            {"$set": {"last_seq": seq, "last_message_id": message_id, "last_activity_ms": activity_ms}, "$max": read},
         )
-        await self._conversations.update_one({"_id": conversation_id}, {"$max": {f"read_seq.{role}": seq}})
+        if not moved.matched_count:  # a later message got there first (only without the conversation lock)
+            await self._conversations.update_one({"_id": conversation_id}, {"$max": read})
 
     async def touch_activity(self, conversation_id: str, activity_ms: int) -> None:
         await self._conversations.update_one({"_id": conversation_id}, {"$max": {"last_activity_ms": activity_ms}})
