@@ -90,7 +90,9 @@ class ConversationStore:
         )
         return [doc async for doc in cursor]
 
-    async def record_message(self, conversation_id: str, role: str, seq: int, message_id: str, activity_ms: int) -> None:
+    async def record_message(
+        self, conversation_id: str, role: str, seq: int, message_id: str, activity_ms: int
+    ) -> None:
         """Move last_seq forward (never back) and count the sender as having read their own message."""
         read = {f"read_seq.{role}": seq}
         moved = await self._conversations.update_one(
