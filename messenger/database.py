@@ -40,6 +40,9 @@ def open_database(settings: MongoSettings) -> Database:
         )
     from mongomock_motor import AsyncMongoMockClient
 
+    from messenger import embedded_mongo
+
+    embedded_mongo.install()  # before the client exists: its collections wrap these methods
     client = AsyncMongoMockClient(tz_aware=True)
     return Database(
         client,
