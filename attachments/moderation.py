@@ -137,7 +137,10 @@ class ModerationQueue:
             context = {"conversation_id": data.get("conversation_id")}
             await self._store.open_item(kind, target, reason, _parse_time(event["occurred_at"]), context)
 
-    async def run_forever(self, interval_seconds: float = 0.5) -> None:
+    async def run_forever(self, interval_seconds: float = 30.0) -> None:
+        # Every read of the queue (and every report and decision) catches up first, so this loop
+        # only keeps the projection warm between moderators' visits; polling faster costs a log
+        # scan each time on the embedded engine.
         while True:
             try:
                 await self.catch_up()

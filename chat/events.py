@@ -138,7 +138,9 @@ class Outbox:
                 moved += 1
         return moved
 
-    async def run_sweeper(self, interval_seconds: float = 5.0) -> None:
+    async def run_sweeper(self, interval_seconds: float = 60.0) -> None:
+        # Stranded events exist only after a crash between a write and its flush, and start-up
+        # sweeps too; a minute of delay for those is fine, and each sweep reads every collection.
         while True:
             await asyncio.sleep(interval_seconds)
             try:
