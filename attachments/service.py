@@ -11,7 +11,7 @@ import logging
 import math
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -54,6 +54,11 @@ class AttachmentService:
         self._chat = chat
         self._outbox = outbox
         self._notifier = notifier
+        self._on_claimable: Callable[[], None] = lambda: None
+
+    def when_work_is_ready(self, callback: Callable[[], None]) -> None:
+        """Called whenever an attachment becomes work for the pipeline (the in-process pipeline's wake)."""
+        self._on_claimable = callback
 
     # --- upload ----------------------------------------------------------------------------
 
@@ -382,6 +387,8 @@ class AttachmentService:
 
     async def publish(self, doc: Doc) -> None:
         """Flush the attachment's events and tell both participants its new status."""
+        if doc["status"] in (AttachmentStatus.UPLOADED, AttachmentStatus.CLEAN):
+            self._on_claimable()
         await self._outbox.flush("attachments", doc["_id"])
         await self._notifier.emit("attachment:updated", {"attachment": await self.view(doc)}, doc["participants"])
 

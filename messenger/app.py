@@ -337,7 +337,9 @@ async def loops_started(container: Container, *, pipeline: bool, housekeeping: b
         spawn("upload-expiry", lambda: expire_uploads_forever(container))
         spawn("moderation-queue", container.moderation_queue.run_forever)
     if pipeline:
-        spawn("pipeline", lambda: container.pipeline().run(stop))
+        worker = container.pipeline()
+        container.attachments.when_work_is_ready(worker.wake)
+        spawn("pipeline", lambda: worker.run(stop))
     relay = None
     if container.settings.kafka.bootstrap_servers:
         from workers.kafka_relay import KafkaRelay

@@ -39,6 +39,7 @@ SCAN_STATUSES = (AttachmentStatus.UPLOADED, AttachmentStatus.SCANNING)
 PREVIEW_STATUSES = (AttachmentStatus.CLEAN,)
 QUARANTINE_PREFIX = "quarantine/"
 MAX_PREVIEW_ATTEMPTS = 3
+IDLE_POLL_MAX_SECONDS = 5.0
 
 
 class Scanner(Protocol):
@@ -90,6 +91,11 @@ class AttachmentPipeline:
         self._metrics = metrics or PipelineMetrics(CollectorRegistry())
         self.worker_id = worker_id or f"worker-{uuid.uuid4().hex[:12]}"
         self._scanner_was_down = False
+        self._work_arrived = asyncio.Event()
+
+    def wake(self) -> None:
+        """New work in this process (an upload completed, a file released): look now, not at the next poll."""
+        self._work_arrived.set()
 
     # --- running -----------------------------------------------------------------------------
 
@@ -109,15 +115,25 @@ class AttachmentPipeline:
                     await loop
 
     async def _loop(self, stop: asyncio.Event) -> None:
+        # Idle polls back off (each one is a query), up to IDLE_POLL_MAX_SECONDS; work completed in
+        # this process wakes the loops at once, and other processes' work is found by the poll.
+        idle_wait = self._settings.poll_interval_seconds
         while not stop.is_set():
+            self._work_arrived.clear()
             try:
                 worked = await self.process_one()
             except Exception:
                 log.exception("pipeline loop error; continuing", extra={"worker": self.worker_id})
                 worked = False
-            if not worked:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=self._settings.poll_interval_seconds)
+            if worked:
+                idle_wait = self._settings.poll_interval_seconds
+                continue
+            woken = asyncio.ensure_future(self._work_arrived.wait())
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({woken, stopped}, timeout=idle_wait, return_when=asyncio.FIRST_COMPLETED)
+            woken.cancel()
+            stopped.cancel()
+            idle_wait = min(idle_wait * 2, max(IDLE_POLL_MAX_SECONDS, self._settings.poll_interval_seconds))
 
     async def process_one(self) -> bool:
         """Claim one job and carry it as far as it goes; False when there was nothing to do."""
