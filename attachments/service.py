@@ -367,6 +367,34 @@ class AttachmentService:
             if doc.get("message_id"):
                 raise Conflict(f"attachment {attachment_id} was already sent", code="attachment_already_sent")
 
+    async def withdraw(self, attachment_ids: Sequence[str], reason: str) -> None:
+        """Make files unavailable for good: rejected, their bytes and previews deleted."""
+        for doc in await self._store.get_many(attachment_ids):
+            if doc["status"] in (AttachmentStatus.REJECTED, AttachmentStatus.AWAITING_UPLOAD):
+                continue
+            detail = "the message carrying it was deleted"
+            data = {
+                "attachment_id": doc["_id"],
+                "conversation_id": doc["conversation_id"],
+                "reason": reason,
+                "detail": detail,
+            }
+            withdrawn = await self._store.transition(
+                doc["_id"],
+                from_statuses=[doc["status"]],
+                changes={
+                    "status": str(AttachmentStatus.REJECTED),
+                    "reason": reason,
+                    "preview_key": None,
+                    "preview_url": None,
+                },
+                events=[new_event("attachment.rejected", doc["conversation_id"], data)],
+            )
+            for key in {doc["key"], doc.get("preview_key")} - {None}:
+                await self._storage.delete(str(key))
+            if withdrawn is not None:
+                await self.publish(withdrawn)
+
     async def link_to_message(self, attachment_ids: Sequence[str], message_id: str) -> None:
         await self._store.link_to_message(attachment_ids, message_id)
 

@@ -25,6 +25,9 @@ class AttachmentDirectory(Protocol):
     async def describe(self, attachment_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The current attachment objects, by id."""
 
+    async def withdraw(self, attachment_ids: Sequence[str], reason: str) -> None:
+        """The message carrying these was deleted: nobody may download them any more."""
+
 
 class NoAttachments:
     """The directory used when the attachments part is not wired in: messages carry no files."""
@@ -38,6 +41,9 @@ class NoAttachments:
 
     async def describe(self, attachment_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         return {}
+
+    async def withdraw(self, attachment_ids: Sequence[str], reason: str) -> None:
+        return None
 
 
 class RecordingNotifier:

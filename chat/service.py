@@ -312,7 +312,7 @@ class ChatService:
         )
 
     async def delete_message(self, caller: Identity, message_id: str) -> dict[str, Any]:
-        return await self._change_message(
+        deleted = await self._change_message(
             caller,
             message_id,
             "message.deleted",
@@ -323,6 +323,7 @@ class ChatService:
                 "edited_at": utc_now(),
             },
         )
+        return deleted
 
     async def _change_message(
         self, caller: Identity, message_id: str, event_type: str, changes_for: Any, extra_events: Any = None
@@ -374,6 +375,9 @@ class ChatService:
                 raise Conflict("the message was deleted", code="message_deleted")
             await self._conversations.touch_activity(doc["conversation_id"], epoch_ms(utc_now()))
             await self._outbox.flush("messages", message_id)
+            if updated.get("deleted") and updated.get("attachment_ids"):
+                # A deleted message takes its files with it: nobody may download them any more.
+                await self._attachments.withdraw(updated["attachment_ids"], "message_deleted")
             described = await self._attachments.describe(updated.get("attachment_ids", []))
             await self._fan_out("message:updated", updated, conversation["participants"], described)
         return updated

@@ -30,7 +30,7 @@ def message_view(doc: Doc, viewer_id: str, attachments: Mapping[str, dict[str, A
         "kind": doc["kind"],
         "text": text,
         "attachments": []
-        if (held and not is_sender)
+        if (held and not is_sender) or doc.get("deleted")
         else [attachments[a] for a in doc.get("attachment_ids", []) if a in attachments],
         "created_at": iso(doc["created_at"]),
         "edited_at": iso(doc.get("edited_at")),

@@ -18,7 +18,7 @@ from PIL import Image
 
 from attachments.models import AttachmentStatus
 from messenger.app import CONTAINER, create_app
-from tests.conftest import make_settings
+from tests.conftest import make_settings, person
 
 API = "/api/v1"
 MiB = 1024 * 1024
@@ -360,3 +360,33 @@ async def test_filename_with_unicode_gets_an_rfc_5987_disposition(chat: Chat) ->
         disposition
         == "attachment; filename=\"r_sum_ _final_.png\"; filename*=UTF-8''r%C3%A9sum%C3%A9%20%22final%22.png"
     )
+
+
+async def test_deleting_a_message_takes_its_files_with_it(chat: Chat) -> None:
+    grant = await chat.upload(png_bytes())
+    attachment_id = grant["attachment"]["id"]
+    await chat.complete(attachment_id)
+    await mark_clean(chat.client, attachment_id)
+    send = f"{API}/conversations/{chat.conversation_id}/messages"
+    message = await (
+        await chat.client.post(
+            send,
+            json={"client_id": "f1", "text": "the file", "attachment_ids": [attachment_id]},
+            headers=chat.auth("seller"),
+        )
+    ).json()
+    downloadable = await chat.client.get(
+        f"{API}/attachments/{attachment_id}/download", headers=chat.auth("buyer"), allow_redirects=False
+    )
+    assert downloadable.status == 302
+    container = chat.client.app[CONTAINER]
+    await container.chat.delete_message(person("seller"), message["id"])
+    gone = await chat.client.get(
+        f"{API}/attachments/{attachment_id}/download", headers=chat.auth("buyer"), allow_redirects=False
+    )
+    assert gone.status == 409 and (await gone.json())["error"]["status"] == "rejected"
+    assert await container.storage.head(grant["upload"]["fields"]["key"]) is None
+    history = await (
+        await chat.client.get(f"{API}/conversations/{chat.conversation_id}/messages", headers=chat.auth("buyer"))
+    ).json()
+    assert history["messages"][0]["deleted"] and history["messages"][0]["attachments"] == []
