@@ -8,7 +8,6 @@ writes moderation tables: they only emit events, and `ModerationQueue.catch_up` 
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -22,6 +21,7 @@ from attachments.storage import ObjectStorage
 from attachments.store import AttachmentStore
 from chat.auth import Identity
 from chat.clock import epoch_ms, iso, utc_now
+from chat.cursors import decode_cursor, encode_cursor
 from chat.errors import Conflict, Forbidden, InvalidInput, NotFound
 from chat.events import OUTBOX_FIELD, EventLog, Outbox, new_event
 from chat.service import ChatService
@@ -233,7 +233,9 @@ class ModerationService:
         if kind not in (None, "message", "attachment"):
             raise InvalidInput("kind is message or attachment", code="invalid_query")
         await self._queue.catch_up()
-        items = await self._store.open_items(kind=kind, limit=limit + 1, after=_decode(cursor) if cursor else None)
+        items = await self._store.open_items(
+            kind=kind, limit=limit + 1, after=decode_cursor(cursor) if cursor else None
+        )
         more = len(items) > limit
         items = items[:limit]
         views = []
@@ -253,7 +255,7 @@ class ModerationService:
                 # Metadata only: a moderator is never handed a link to the file from here.
                 view["attachment"] = await self._attachments.view({**doc, "preview_key": None}) if doc else None
             views.append(view)
-        next_cursor = _encode(items[-1]["opened_ms"], items[-1]["_id"]) if more else None
+        next_cursor = encode_cursor(items[-1]["opened_ms"], items[-1]["_id"]) if more else None
         return views, next_cursor
 
     async def decide_attachment(
@@ -426,16 +428,3 @@ def _parse_time(value: str) -> Any:
     from datetime import datetime
 
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-def _encode(opened_ms: int, item_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{opened_ms}|{item_id}".encode()).decode().rstrip("=")
-
-
-def _decode(cursor: str) -> tuple[int, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        opened, item_id = raw.split("|", 1)
-        return int(opened), item_id
-    except ValueError:
-        raise InvalidInput("the cursor is not valid", code="invalid_cursor") from None

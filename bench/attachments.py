@@ -56,6 +56,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import BenchError, Children, free_port, log, tail
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -65,52 +67,7 @@ TARGET_PER_CORE = 2000.0
 API = "/api/v1"
 
 
-class BenchError(Exception):
-    """Something this benchmark started misbehaved; the message says what."""
-
-
-def log(text: str = "") -> None:
-    print(text, flush=True)
-
-
 # --- processes -------------------------------------------------------------------------------
-
-
-class Children:
-    """Every process this script starts, each in a session of its own so that it dies with us."""
-
-    def __init__(self) -> None:
-        self._procs: list[subprocess.Popen[Any]] = []
-
-    def spawn(self, cmd: list[str], *, cpu: int | None = None, **kwargs: Any) -> subprocess.Popen[Any]:
-        if cpu is not None:
-            cmd = ["taskset", "-c", str(cpu), *cmd]  # taskset execs: the pid is the program's own
-        proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
-        self._procs.append(proc)
-        return proc
-
-    def stop(self, proc: subprocess.Popen[Any], timeout: float = 15.0) -> None:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-        if proc in self._procs:
-            self._procs.remove(proc)
-
-    def stop_all(self) -> None:
-        for proc in reversed(list(self._procs)):
-            self.stop(proc)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -141,13 +98,6 @@ def machine_busy_seconds() -> float:
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 @dataclass

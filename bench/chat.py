@@ -31,7 +31,6 @@ import resource
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from harness import BenchError, Children, free_port, log, tail
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -58,58 +59,7 @@ GOAL_P99_MS = 20.0
 GOAL_KB_PER_IDLE = 30.0
 
 
-class BenchError(Exception):
-    """A server or the load generator misbehaved; the message says which and how."""
-
-
-def log(text: str) -> None:
-    print(text, flush=True)
-
-
 # --- processes -------------------------------------------------------------------------------
-
-
-class Children:
-    """Every process this script starts, so that all of them die with it whatever happens."""
-
-    def __init__(self) -> None:
-        self._procs: list[subprocess.Popen[Any]] = []
-
-    def spawn(self, cmd: list[str], *, cpu: int | None, **kwargs: Any) -> subprocess.Popen[Any]:
-        if cpu is not None and shutil.which("taskset"):
-            # taskset pins before exec, so threads the child starts (V8's, moto's) inherit it too.
-            cmd = ["taskset", "-c", str(cpu), *cmd]
-        # A session of its own: stopping the process group takes grandchildren (npm, taskset) along.
-        proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
-        self._procs.append(proc)
-        return proc
-
-    def stop(self, proc: subprocess.Popen[Any], timeout: float = 5.0) -> None:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout)
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            if stream:
-                with contextlib.suppress(OSError):
-                    stream.close()
-        if proc in self._procs:
-            self._procs.remove(proc)
-
-    def stop_all(self) -> None:
-        for proc in list(self._procs):
-            self.stop(proc)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def proc_status_kb(pid: int) -> dict[str, int]:
@@ -255,13 +205,6 @@ def wait_healthy(server: Server, timeout: float) -> None:
     raise BenchError(
         f"{server.name} not healthy after {timeout:.0f} s; see {server.log_path}:\n{tail(server.log_path)}"
     )
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 # --- the load generator ----------------------------------------------------------------------

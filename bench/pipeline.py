@@ -41,7 +41,6 @@ import secrets
 import signal
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -53,6 +52,8 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from harness import BenchError, Children, free_port, log, raw_instream, tail
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -66,57 +67,7 @@ TARGET_RSS_MIB = 64.0
 TARGET_P50_S = 1.0
 
 
-class BenchError(Exception):
-    """Something this benchmark started misbehaved; the message says what."""
-
-
-def log(text: str = "") -> None:
-    print(text, flush=True)
-
-
 # --- processes -------------------------------------------------------------------------------
-
-
-class Children:
-    """Every process this script starts, each in a session of its own so that it dies with us."""
-
-    def __init__(self) -> None:
-        self._procs: list[subprocess.Popen[Any]] = []
-
-    def spawn(self, cmd: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
-        proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
-        self._procs.append(proc)
-        return proc
-
-    def stop(self, proc: subprocess.Popen[Any], timeout: float = 15.0) -> None:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-        if proc in self._procs:
-            self._procs.remove(proc)
-
-    def stop_all(self) -> None:
-        for proc in reversed(list(self._procs)):
-            self.stop(proc)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def vm_kib(pid: int | str, field_name: str = "VmRSS") -> int:
@@ -231,26 +182,6 @@ def boto3_client(endpoint: str) -> Any:
 
 
 # --- part 1: throughput ------------------------------------------------------------------------
-
-
-def raw_instream(socket_path: str, data: bytes, frame: int) -> str:
-    """The least code that speaks INSTREAM: blocking socket, sendall, 1 MiB frames (as bench/scan_clamd.py)."""
-    view = memoryview(data)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.connect(socket_path)
-        sock.sendall(b"zINSTREAM\0")
-        for start in range(0, len(view), frame):
-            piece = view[start : start + frame]
-            sock.sendall(struct.pack(">I", len(piece)))
-            sock.sendall(piece)
-        sock.sendall(b"\0\0\0\0")
-        reply = b""
-        while not reply.endswith(b"\0"):
-            more = sock.recv(4096)
-            if not more:
-                break
-            reply += more
-    return reply.rstrip(b"\0").decode()
 
 
 async def counted(pieces: AsyncIterator[bytes], sizes: list[int]) -> AsyncIterator[bytes]:

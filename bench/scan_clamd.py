@@ -16,9 +16,7 @@ import asyncio
 import io
 import os
 import shutil
-import socket
 import statistics
-import struct
 import sys
 import tempfile
 import time
@@ -26,6 +24,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from harness import raw_instream
 
 from scanner import ClamdClient, EmbeddedClamd, Verdict
 
@@ -78,26 +78,6 @@ async def generated(total: int, size: int) -> AsyncIterator[bytes]:
         yield os.urandom(n)
 
 
-def raw_instream(socket_path: str, data: bytes, frame: int) -> str:
-    """The least code that speaks INSTREAM: blocking socket, sendall, 1 MiB frames."""
-    view = memoryview(data)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.connect(socket_path)
-        sock.sendall(b"zINSTREAM\0")
-        for start in range(0, len(view), frame):
-            piece = view[start : start + frame]
-            sock.sendall(struct.pack(">I", len(piece)))
-            sock.sendall(piece)
-        sock.sendall(b"\0\0\0\0")
-        reply = b""
-        while not reply.endswith(b"\0"):
-            more = sock.recv(4096)
-            if not more:
-                break
-            reply += more
-    return reply.rstrip(b"\0").decode()
-
-
 def clamd_package_instream(socket_path: str, data: bytes) -> str:
     import clamd  # the PyPI package, 1.0.2 (2014)
 
@@ -105,9 +85,7 @@ def clamd_package_instream(socket_path: str, data: bytes) -> str:
     return str(result["stream"])
 
 
-async def measure(
-    name: str, size: int, run: Callable[[bytes], Awaitable[str]]
-) -> tuple[float, float]:
+async def measure(name: str, size: int, run: Callable[[bytes], Awaitable[str]]) -> tuple[float, float]:
     """MB/s and the worst event-loop stall for one fresh payload."""
     data = os.urandom(size)  # fresh bytes: clamd would answer a repeat from its cache
     with LoopLag() as lag:
@@ -120,8 +98,7 @@ async def measure(
         raise RuntimeError(f"{name}: unexpected reply {reply!r}")
     rate = size / MB / elapsed
     print(
-        f"  {name:<36} {rate:7.1f} MB/s  ({elapsed:5.2f} s, worst loop stall "
-        f"{lag.worst * 1000:7.1f} ms)",
+        f"  {name:<36} {rate:7.1f} MB/s  ({elapsed:5.2f} s, worst loop stall {lag.worst * 1000:7.1f} ms)",
         flush=True,
     )
     return rate, lag.worst
@@ -163,9 +140,7 @@ async def main() -> None:
     parser.add_argument("--chunk-kib", type=int, default=1024, help="INSTREAM frame size")
     parser.add_argument("--stream-mb", type=float, default=500, help="memory test size (MB)")
     parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument(
-        "--official-db", action="store_true", help="also load /var/lib/clamav (slower scans)"
-    )
+    parser.add_argument("--official-db", action="store_true", help="also load /var/lib/clamav (slower scans)")
     args = parser.parse_args()
 
     size = int(args.size_mb * MB)

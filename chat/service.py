@@ -7,7 +7,6 @@ conversation that does not exist, so ids cannot be probed.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import logging
 import time
@@ -21,6 +20,7 @@ from pymongo.errors import DuplicateKeyError
 from chat.auth import Identity
 from chat.clock import epoch_ms, iso, utc_now
 from chat.contact_filter import find_contacts, mask_contacts
+from chat.cursors import decode_cursor, encode_cursor
 from chat.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge, RateLimited
 from chat.events import OUTBOX_FIELD, Outbox, new_event
 from chat.locks import ConversationLocks, LocalLocks
@@ -96,7 +96,7 @@ class ChatService:
         self, caller: Identity, *, limit: int, cursor: str | None
     ) -> tuple[list[dict[str, Any]], str | None]:
         limit = max(1, min(limit, 100))
-        before = _decode_cursor(cursor) if cursor else None
+        before = decode_cursor(cursor) if cursor else None
         docs = await self._conversations.list_for(caller.user_id, limit=limit + 1, before=before)
         has_more = len(docs) > limit
         docs = docs[:limit]
@@ -109,7 +109,7 @@ class ChatService:
             views.append(
                 conversation_view(doc, caller.user_id, message_view(last, caller.user_id, described) if last else None)
             )
-        next_cursor = _encode_cursor(docs[-1]["last_activity_ms"], docs[-1]["_id"]) if has_more else None
+        next_cursor = encode_cursor(docs[-1]["last_activity_ms"], docs[-1]["_id"]) if has_more else None
         return views, next_cursor
 
     async def conversation_for(self, caller: Identity, conversation_id: str) -> Doc:
@@ -518,16 +518,3 @@ def _other(conversation: Doc, user_id: str) -> str:
 
 def _attachment_ids(docs: Any) -> list[str]:
     return [a for doc in docs for a in doc.get("attachment_ids", [])]
-
-
-def _encode_cursor(activity_ms: int, conversation_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{activity_ms}:{conversation_id}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[int, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        activity, conversation_id = raw.split(":", 1)
-        return int(activity), conversation_id
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidInput("the cursor is not valid", code="invalid_cursor") from None
