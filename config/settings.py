@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -163,6 +163,12 @@ class KafkaSettings(_Section):
     idempotence: bool = True  # the broker must support InitProducerId; switch off for ones that do not
     batch_size: int = Field(default=500, ge=1, le=10_000)
     poll_interval_seconds: float = Field(default=0.2, gt=0)
+    # Most managed clusters want TLS and SASL; PLAINTEXT is for a broker on a private network.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: str | None = None  # unset: the system's trusted CAs
 
 
 SECTIONS: dict[str, type[_Section]] = {
@@ -240,6 +246,12 @@ def _refuse_inconsistent(settings: Settings) -> None:
         problems.append(
             "REDIS_URL runs several nodes, and they must share one database: set MONGODB_URI"
             " (the embedded engine lives inside one process)"
+        )
+    k = settings.kafka
+    if k.security_protocol.startswith("SASL") and not (k.sasl_mechanism and k.sasl_username and k.sasl_password):
+        problems.append(
+            f"KAFKA_SECURITY_PROTOCOL={k.security_protocol} needs KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME and"
+            " KAFKA_SASL_PASSWORD"
         )
     a = settings.attachments
     if a.min_part_size > a.max_part_size:

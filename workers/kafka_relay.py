@@ -40,6 +40,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.helpers import create_ssl_context
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
@@ -200,7 +201,21 @@ class KafkaRelay:
             "enable_idempotence": self._settings.idempotence,
             "max_batch_size": PRODUCER_MAX_BATCH_BYTES,
             "linger_ms": 0,
+            **self._security_options(),
         }
+
+    def _security_options(self) -> dict[str, Any]:
+        s = self._settings
+        options: dict[str, Any] = {"security_protocol": s.security_protocol}
+        if s.security_protocol in ("SSL", "SASL_SSL"):
+            options["ssl_context"] = create_ssl_context(cafile=s.ssl_cafile)
+        if s.security_protocol.startswith("SASL"):
+            options |= {
+                "sasl_mechanism": s.sasl_mechanism,
+                "sasl_plain_username": s.sasl_username,
+                "sasl_plain_password": s.sasl_password,
+            }
+        return options
 
     async def _close_producer(self) -> None:
         producer, self._producer = self._producer, None

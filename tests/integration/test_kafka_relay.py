@@ -210,6 +210,32 @@ def test_idempotence_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> Non
     db: Any = AsyncMongoMockClient()["relay_unit"]
     relay = KafkaRelay(KafkaSettings(), EventLog(db), db)
     assert relay._producer_options()["enable_idempotence"] is False
+    assert relay._producer_options()["security_protocol"] == "PLAINTEXT"
+
+
+def test_tls_and_sasl_reach_the_producer() -> None:
+    db: Any = AsyncMongoMockClient()["relay_unit"]
+    settings = KafkaSettings(
+        bootstrap_servers="kafka:9093",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="relay",
+        sasl_password="secret",
+    )
+    options = KafkaRelay(settings, EventLog(db), db)._producer_options()
+    assert options["security_protocol"] == "SASL_SSL" and options["ssl_context"] is not None
+    assert (options["sasl_mechanism"], options["sasl_plain_username"], options["sasl_plain_password"]) == (
+        "SCRAM-SHA-512",
+        "relay",
+        "secret",
+    )
+
+
+def test_sasl_without_credentials_is_refused_at_start() -> None:
+    from config.settings import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match="KAFKA_SASL_USERNAME"):
+        load_settings({"kafka": {"bootstrap_servers": "kafka:9093", "security_protocol": "SASL_SSL"}})
 
 
 # -- against tansu ------------------------------------------------------------------------------
