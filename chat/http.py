@@ -82,6 +82,35 @@ def auth_middleware(verifier: TokenVerifier) -> Middleware:
     return authenticate
 
 
+def cors_middleware(allowed_origins: list[str]) -> Middleware:
+    """CORS for the REST API, so a marketplace front end on another origin can call it.
+
+    Only the configured origins (MESSENGER_CORS_ORIGINS) are answered; tokens travel in the
+    Authorization header, never in cookies, so credentials are not allowed.
+    """
+    allowed = set(allowed_origins)
+
+    @web.middleware
+    async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if not origin or not request.path.startswith(API_PREFIX) or ("*" not in allowed and origin not in allowed):
+            return await handler(request)
+        headers = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            headers |= {
+                "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                "Access-Control-Allow-Headers": "Authorization, Content-Type, X-Request-Id",
+                "Access-Control-Max-Age": "600",
+            }
+            return web.Response(status=204, headers=headers)
+        response = await handler(request)
+        response.headers.update(headers)
+        response.headers["Access-Control-Expose-Headers"] = "X-Request-Id, Retry-After"
+        return response
+
+    return cors
+
+
 def identity(request: web.Request) -> Identity:
     caller: Identity = request[IDENTITY]
     return caller

@@ -28,7 +28,7 @@ from attachments.storage import S3Storage
 from attachments.store import AttachmentStore
 from chat.auth import TokenVerifier
 from chat.events import EventLog, Outbox
-from chat.http import auth_middleware, errors_middleware
+from chat.http import auth_middleware, cors_middleware, errors_middleware
 from chat.locks import LocalLocks, RedisLocks
 from chat.metrics import ChatMetrics
 from chat.ports import NoAttachments, Notifier
@@ -389,7 +389,11 @@ def create_app(
     settings: Settings, *, notifier: Notifier | None = None, run_pipeline: bool | None = None
 ) -> web.Application:
     container = build_container(settings, notifier=notifier)
-    middlewares = [errors_middleware, auth_middleware(container.verifier)]
+    middlewares = [
+        cors_middleware(settings.runtime.cors_origins),
+        errors_middleware,
+        auth_middleware(container.verifier),
+    ]
     if not settings.runtime.websocket_compression:
         middlewares.insert(0, without_websocket_compression)
     app = web.Application(middlewares=middlewares, client_max_size=MAX_REST_BODY)

@@ -221,3 +221,30 @@ async def test_readiness_is_503_naming_the_database_when_it_is_unreachable(aioht
     response = await client.get("/readyz")
     body = await response.json()
     assert response.status == 503 and body["error"]["failed"] == ["mongodb"]
+
+
+async def test_cors_answers_only_the_configured_origins(aiohttp_client: Any, token_for: Callable[..., str]) -> None:
+    client = await aiohttp_client(create_app(make_settings(runtime={"cors_origins": ["https://market.example"]})))
+    preflight = await client.options(
+        f"{API}/conversations",
+        headers={
+            "Origin": "https://market.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        },
+    )
+    assert preflight.status == 204 and preflight.headers["Access-Control-Allow-Origin"] == "https://market.example"
+    assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
+    allowed = await client.get(
+        f"{API}/conversations", headers={**auth(token_for("alice")), "Origin": "https://market.example"}
+    )
+    assert allowed.status == 200 and allowed.headers["Access-Control-Allow-Origin"] == "https://market.example"
+    refused = await client.get(
+        f"{API}/conversations", headers={**auth(token_for("alice")), "Origin": "https://evil.example"}
+    )
+    assert "Access-Control-Allow-Origin" not in refused.headers
+    unauthenticated = await client.get(f"{API}/conversations", headers={"Origin": "https://market.example"})
+    assert (
+        unauthenticated.status == 401
+        and unauthenticated.headers["Access-Control-Allow-Origin"] == "https://market.example"
+    )

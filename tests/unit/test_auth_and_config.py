@@ -50,6 +50,8 @@ def test_a_valid_token_gives_the_identity() -> None:
             "token_invalid",
         ),
         (jwt.encode({"sub": 42, "exp": int(time.time()) + 86400}, TEST_SECRET, "HS256"), "token_invalid"),
+        (jwt.encode({"sub": "a b/c", "exp": int(time.time()) + 86400}, TEST_SECRET, "HS256"), "token_invalid"),
+        (jwt.encode({"sub": "x" * 129, "exp": int(time.time()) + 86400}, TEST_SECRET, "HS256"), "token_invalid"),
     ],
 )
 def test_bad_tokens_are_refused_with_a_stable_code(token: object, code: str) -> None:
