@@ -103,14 +103,3 @@ class AttachmentStore:
             {"_id": attachment_id, "lease_owner": worker_id}, {"$set": {"lease_until": lease_until}}
         )
         return bool(result.matched_count)
-
-    async def count_by_status(self, statuses: Sequence[str]) -> int:
-        return int(await self._attachments.count_documents({"status": {"$in": list(statuses)}}))
-
-    async def pending_review(self, statuses: Sequence[str], *, limit: int) -> list[Doc]:
-        cursor = (
-            self._attachments.find({"status": {"$in": list(statuses)}}, {OUTBOX_FIELD: 0})
-            .sort("created_ms", ASCENDING)
-            .limit(limit)
-        )
-        return [doc async for doc in cursor]

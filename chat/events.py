@@ -89,10 +89,6 @@ class EventLog:
         cursor = self._events.find(query).sort("_id", 1).limit(limit)
         return [_present(doc) async for doc in cursor]
 
-    async def last_position(self) -> int:
-        last = await self._events.find_one({}, {"_id": 1}, sort=[("_id", -1)])
-        return int(last["_id"]) if last else 0
-
 
 def _present(doc: Mapping[str, Any]) -> dict[str, Any]:
     event = {key: value for key, value in doc.items() if key != "_id"}

@@ -138,7 +138,6 @@ class MessageStore:
         await m.create_index(
             [("conversation_id", ASCENDING), ("updated_seq", ASCENDING)], name="conversation_updated_seq"
         )
-        await m.create_index([("flagged", ASCENDING), ("created_at", ASCENDING)], name="flagged_queue", sparse=True)
 
     async def get(self, message_id: str) -> Doc | None:
         result: Doc | None = await self._messages.find_one({"_id": message_id}, {OUTBOX_FIELD: 0})
@@ -216,15 +215,3 @@ class MessageStore:
         docs = [doc async for doc in cursor]
         has_more = len(docs) > limit
         return list(reversed(docs[:limit])), has_more
-
-    async def flagged(self, *, limit: int, after: tuple[int, str] | None) -> list[Doc]:
-        query: Doc = {"flagged": True, "review": None}
-        if after is not None:
-            created_ms, message_id = after
-            query["$or"] = [{"created_ms": {"$gt": created_ms}}, {"created_ms": created_ms, "_id": {"$gt": message_id}}]
-        cursor = (
-            self._messages.find(query, {OUTBOX_FIELD: 0})
-            .sort([("created_ms", ASCENDING), ("_id", ASCENDING)])
-            .limit(limit)
-        )
-        return [doc async for doc in cursor]
