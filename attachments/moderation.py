@@ -31,6 +31,13 @@ log = logging.getLogger(__name__)
 
 Doc = dict[str, Any]
 QUEUE_PROJECTION = "moderation_queue"
+QUEUE_EVENT_TYPES = (
+    "message.flagged",
+    "attachment.quarantined",
+    "attachment.scanned",
+    "report.created",
+    "moderation.decision",
+)
 
 
 class ModerationStore:
@@ -111,7 +118,8 @@ class ModerationQueue:
             applied = 0
             while True:
                 after = await self._store.checkpoint(QUEUE_PROJECTION)
-                batch = await self._events.read(after=after, limit=500)
+                # Only the types folded in here: one pass instead of a walk through every event.
+                batch = await self._events.read(after=after, limit=500, event_types=QUEUE_EVENT_TYPES)
                 if not batch:
                     return applied
                 for event in batch:

@@ -82,10 +82,19 @@ class EventLog:
             self._next_position = position + 1
             return
 
-    async def read(self, *, after: int = 0, limit: int = 100, event_type: str | None = None) -> list[dict[str, Any]]:
+    async def read(
+        self,
+        *,
+        after: int = 0,
+        limit: int = 100,
+        event_type: str | None = None,
+        event_types: Iterable[str] | None = None,
+    ) -> list[dict[str, Any]]:
         query: dict[str, Any] = {"_id": {"$gt": after}}
         if event_type:
             query["type"] = event_type
+        elif event_types is not None:
+            query["type"] = {"$in": list(event_types)}
         cursor = self._events.find(query).sort("_id", 1).limit(limit)
         return [_present(doc) async for doc in cursor]
 
