@@ -17,7 +17,6 @@ from pymongo import ASCENDING, DESCENDING
 from attachments.deliveries import DeliveryService
 from attachments.models import AttachmentStatus
 from attachments.service import AttachmentService
-from attachments.storage import ObjectStorage
 from attachments.store import AttachmentStore
 from chat.auth import Identity
 from chat.clock import epoch_ms, iso, utc_now
@@ -166,9 +165,7 @@ class ModerationService:
         messages: MessageStore,
         attachments: AttachmentService,
         attachment_store: AttachmentStore,
-        storage: ObjectStorage,
         deliveries: DeliveryService,
-        events: EventLog,
         outbox: Outbox,
     ) -> None:
         self._store = store
@@ -177,9 +174,7 @@ class ModerationService:
         self._messages = messages
         self._attachments = attachments
         self._attachment_store = attachment_store
-        self._storage = storage
         self._deliveries = deliveries
-        self._events = events
         self._outbox = outbox
 
     async def report(
@@ -299,24 +294,16 @@ class ModerationService:
                 changes = {"review": {"decision_id": decision_id, "by": caller.user_id}}
             else:
                 raise Conflict(f"nothing to release while it is {status}", code="nothing_to_decide", status=status)
+            moved = await self._attachment_store.transition(
+                attachment_id, from_statuses=[status], changes=changes, events=events
+            )
         else:
             if status in (AttachmentStatus.AWAITING_UPLOAD, AttachmentStatus.REJECTED):
                 raise Conflict(f"nothing to reject while it is {status}", code="nothing_to_decide", status=status)
             target = AttachmentStatus.REJECTED
-            changes = {
-                "status": str(target),
-                "reason": "rejected_by_moderator",
-                "preview_key": None,
-                "preview_url": None,
-            }
-            rejected = {"attachment_id": attachment_id, "conversation_id": doc["conversation_id"]}
-            rejected |= {"reason": "rejected_by_moderator", "detail": note, "decision_id": decision_id}
-            events.append(new_event("attachment.rejected", doc["conversation_id"], rejected))
-            for key in {doc["key"], doc.get("preview_key")} - {None}:
-                await self._storage.delete(str(key))
-        moved = await self._attachment_store.transition(
-            attachment_id, from_statuses=[status], changes=changes, events=events
-        )
+            moved = await self._attachments.discard(
+                doc, reason="rejected_by_moderator", detail=note, events=events, decision_id=decision_id
+            )
         if moved is None:
             raise Conflict("the file changed meanwhile; look again", code="changed_meanwhile")
         await self._audit(caller, decision_id, "attachment", attachment_id, action, note, status, str(target))

@@ -277,28 +277,42 @@ class AttachmentService:
         )
 
     async def _reject(self, doc: Doc, code: str, why: str) -> Doc | None:
-        event = new_event(
-            "attachment.rejected",
-            doc["conversation_id"],
-            {
-                "attachment_id": doc["_id"],
-                "conversation_id": doc["conversation_id"],
-                "reason": code,
-                "detail": why,
-            },
+        rejected = await self.discard(doc, reason=code, detail=why)
+        if rejected is not None:
+            await self.publish(rejected)
+        return rejected
+
+    async def discard(
+        self, doc: Doc, *, reason: str, detail: str, events: Sequence[Doc] = (), **event_data: Any
+    ) -> Doc | None:
+        """Reject a file for good, with `attachment.rejected` (after `events`) in the same write.
+
+        Its bytes, preview and any unfinished multipart upload are deleted once the rejection is
+        stored, so a file that changed meanwhile keeps them (and None is returned); when two
+        rejections race, the one that stored it deletes. Callers publish the result.
+        """
+        data = {"attachment_id": doc["_id"], "conversation_id": doc["conversation_id"], "reason": reason}
+        rejected_event = new_event(
+            "attachment.rejected", doc["conversation_id"], {**data, "detail": detail, **event_data}
         )
         rejected = await self._store.transition(
             doc["_id"],
-            from_statuses=[AttachmentStatus.AWAITING_UPLOAD],
-            changes={"status": str(AttachmentStatus.REJECTED), "reason": code, "reason_detail": why},
-            events=[event],
+            from_statuses=[doc["status"]],
+            changes={
+                "status": str(AttachmentStatus.REJECTED),
+                "reason": reason,
+                "reason_detail": detail,
+                "preview_key": None,
+                "preview_url": None,
+            },
+            events=[*events, rejected_event],
         )
-        # Whatever landed must not linger, whoever won the race to reject it.
-        if doc["upload"]["method"] == "MULTIPART":
+        if rejected is None:
+            return None
+        if doc["status"] == AttachmentStatus.AWAITING_UPLOAD and doc["upload"]["method"] == "MULTIPART":
             await self._storage.abort_multipart(doc["key"], doc["upload"]["upload_id"])
-        await self._storage.delete(doc["key"])
-        if rejected is not None:
-            await self.publish(rejected)
+        for key in {doc["key"], doc.get("preview_key")} - {None}:
+            await self._storage.delete(str(key))
         return rejected
 
     async def expire_stale_uploads(self) -> int:
@@ -372,26 +386,7 @@ class AttachmentService:
         for doc in await self._store.get_many(attachment_ids):
             if doc["status"] in (AttachmentStatus.REJECTED, AttachmentStatus.AWAITING_UPLOAD):
                 continue
-            detail = "the message carrying it was deleted"
-            data = {
-                "attachment_id": doc["_id"],
-                "conversation_id": doc["conversation_id"],
-                "reason": reason,
-                "detail": detail,
-            }
-            withdrawn = await self._store.transition(
-                doc["_id"],
-                from_statuses=[doc["status"]],
-                changes={
-                    "status": str(AttachmentStatus.REJECTED),
-                    "reason": reason,
-                    "preview_key": None,
-                    "preview_url": None,
-                },
-                events=[new_event("attachment.rejected", doc["conversation_id"], data)],
-            )
-            for key in {doc["key"], doc.get("preview_key")} - {None}:
-                await self._storage.delete(str(key))
+            withdrawn = await self.discard(doc, reason=reason, detail="the message carrying it was deleted")
             if withdrawn is not None:
                 await self.publish(withdrawn)
 

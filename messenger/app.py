@@ -208,9 +208,7 @@ def build_container(settings: Settings, *, notifier: Notifier | None = None, wri
         messages,
         attachments,
         attachment_store,
-        storage,
         deliveries,
-        events,
         outbox,
     )
     previews: PreviewRenderer
