@@ -156,10 +156,10 @@ class ChatService:
         recipient = _other(conversation, caller.user_id)
 
         async with self._lock_for(conversation_id):
-            doc = await self._insert_message(
+            doc, events = await self._insert_message(
                 conversation, caller.user_id, client_id, text, attachment_ids, kind, findings, extra or {}
             )
-            if doc.get("client_id_replayed"):
+            if events is None:  # the same client_id landed meanwhile (a concurrent retry): it answers
                 return await self._replayed(doc, conversation_id, caller.user_id)
             now_ms = doc["created_ms"]
             await self._conversations.record_message(
@@ -167,7 +167,7 @@ class ChatService:
             )
             if attachment_ids:
                 await self._attachments.link_to_message(attachment_ids, doc["_id"])
-            await self._outbox.flush("messages", doc["_id"], doc.pop("_events"))
+            await self._outbox.flush("messages", doc["_id"], events)
             described = await self._attachments.describe(attachment_ids)
             await self._fan_out("message:new", doc, [caller.user_id, recipient], described)
 
@@ -187,7 +187,8 @@ class ChatService:
         kind: MessageKind,
         findings: list[Any],
         extra: Mapping[str, Any],
-    ) -> Doc:
+    ) -> tuple[Doc, list[Doc] | None]:
+        """The stored message and its events; events are None when the client_id was already stored."""
         conversation_id = conversation["_id"]
         fresh = await self._conversations.get(conversation_id)
         seq = int((fresh or conversation)["last_seq"]) + 1
@@ -243,13 +244,12 @@ class ChatService:
                     stored = await self._messages.find_by_client_id(sender_id, client_id)
                     if stored is None:
                         raise
-                    return {**stored, "client_id_replayed": True}
+                    return stored, None
                 # Another node took this seq: continue after the highest one stored.
                 seq = max(seq, await self._messages.highest_seq(conversation_id)) + 1
                 continue
-            # Kept out of the returned document, but handed to the flush so it need not re-read them.
-            doc["_events"] = doc.pop(OUTBOX_FIELD)
-            return doc
+            del doc[OUTBOX_FIELD]  # stored with the message; handed back so the flush need not re-read them
+            return doc, events
 
     @staticmethod
     def _sent_data(doc: Doc, conversation: Doc) -> dict[str, Any]:
@@ -312,7 +312,7 @@ class ChatService:
         )
 
     async def delete_message(self, caller: Identity, message_id: str) -> dict[str, Any]:
-        deleted = await self._change_message(
+        return await self._change_message(
             caller,
             message_id,
             "message.deleted",
@@ -323,7 +323,6 @@ class ChatService:
                 "edited_at": utc_now(),
             },
         )
-        return deleted
 
     async def _change_message(
         self, caller: Identity, message_id: str, event_type: str, changes_for: Any, extra_events: Any = None
@@ -336,8 +335,7 @@ class ChatService:
             raise Forbidden("only the sender can change a message", code="not_the_sender")
         if doc["kind"] != MessageKind.TEXT:
             raise Conflict("only text messages can be changed", code="message_not_editable")
-        updated = await self._apply_change(doc, conversation, event_type, changes_for, extra_events)
-        described = await self._attachments.describe(updated.get("attachment_ids", []))
+        updated, described = await self._apply_change(doc, conversation, event_type, changes_for, extra_events)
         return message_view(updated, caller.user_id, described)
 
     async def _apply_change(
@@ -348,8 +346,10 @@ class ChatService:
         changes_for: Any,
         extra_events: Any = None,
         event_extra: Mapping[str, Any] | None = None,
-    ) -> Doc:
-        """Change a message in place; the change takes the conversation's next seq as updated_seq."""
+    ) -> tuple[Doc, dict[str, dict[str, Any]]]:
+        """Change a message in place; the change takes the conversation's next seq as updated_seq.
+
+        Returns the changed message and its attachments as described for the fan-out."""
         if doc.get("deleted"):
             raise Conflict("the message was deleted", code="message_deleted")
         message_id = doc["_id"]
@@ -380,7 +380,7 @@ class ChatService:
                 await self._attachments.withdraw(updated["attachment_ids"], "message_deleted")
             described = await self._attachments.describe(updated.get("attachment_ids", []))
             await self._fan_out("message:updated", updated, conversation["participants"], described)
-        return updated
+        return updated, described
 
     # --- moderation ----------------------------------------------------------------------
 
@@ -412,7 +412,7 @@ class ChatService:
         def removed(_: Doc) -> dict[str, Any]:
             return {"text": "", "masked_text": None, "deleted": True, "held": False, "review": review}
 
-        updated = await self._apply_change(
+        updated, described = await self._apply_change(
             doc,
             conversation,
             "message.released" if release else "message.deleted",
@@ -420,7 +420,7 @@ class ChatService:
             extra_events=lambda _: list(events),
             event_extra={"by_moderator": True},
         )
-        return message_view(updated, updated["sender_id"])
+        return message_view(updated, updated["sender_id"], described)
 
     async def history(
         self, caller: Identity, conversation_id: str, *, after_seq: int | None, before_seq: int | None, limit: int
