@@ -302,21 +302,18 @@ async def storage_started(container: Container) -> AsyncIterator[None]:
 async def scanner_started(container: Container) -> AsyncIterator[None]:
     s = container.settings.scanner
     try:
-        if s.address:
-            container.scanner = ClamdClient(
-                s.address, chunk_size=s.chunk_size, timeout=s.timeout_seconds, stream_max_length=s.stream_max_length
-            )
-        elif container.embedded_clamd is not None:
+        address = s.address
+        if address is None and container.embedded_clamd is not None:
             try:
                 address = await container.embedded_clamd.start()
             except ClamdUnavailable as exc:
                 # Fail closed but keep chatting: uploads wait unscanned and /readyz says why.
                 log.error("virus scanning is unavailable: %s", exc)
                 container.scanner = UnavailableScanner(str(exc))
-            else:
-                container.scanner = ClamdClient(
-                    address, chunk_size=s.chunk_size, timeout=s.timeout_seconds, stream_max_length=s.stream_max_length
-                )
+        if address is not None:
+            container.scanner = ClamdClient(
+                address, chunk_size=s.chunk_size, timeout=s.timeout_seconds, stream_max_length=s.stream_max_length
+            )
         yield
     finally:
         if container.embedded_clamd is not None:

@@ -214,11 +214,10 @@ class AttachmentPipeline:
         except Exception as exc:  # S3 failing mid-stream, for one
             result = ScanResult(Verdict.ERROR, reason=f"{type(exc).__name__}: {exc}")
         self._metrics.scans.labels(verdict=str(result.verdict)).inc()
-        if result.verdict is not Verdict.ERROR:
-            self._metrics.scan_seconds.observe(time.perf_counter() - started)
         if result.verdict is Verdict.ERROR:
             await self._retry_or_fail(scanning, result)
             return None
+        self._metrics.scan_seconds.observe(time.perf_counter() - started)
         now = utc_now()
         scan = {
             "verdict": str(result.verdict),
