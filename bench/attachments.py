@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import BenchError, Children, free_port, log, tail
+from harness import BenchError, Children, Service, free_port, log, messenger_serve, tail
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -101,17 +101,6 @@ def children_cpu() -> float:
 
 
 @dataclass
-class Service:
-    proc: subprocess.Popen[Any]
-    url: str
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-
-@dataclass
 class Bench:
     args: argparse.Namespace
     children: Children
@@ -135,51 +124,16 @@ class Bench:
     def row(self, what: str, figure: str, note: str = "") -> None:
         self.rows.append((what, figure, note))
 
-    @contextlib.contextmanager
-    def service(self, name: str, env: dict[str, str]) -> Iterator[Service]:
-        port = free_port()
-        log_path = self.scratch / f"{name}.log"
-        environment = {
-            **os.environ,
-            "JWT_SECRET": self.secret,
-            "MESSENGER_DATA_DIR": str(self.scratch / f"{name}-data"),
-            "MESSENGER_LOG_LEVEL": "WARNING",
-            **env,
-        }
-        with open(log_path, "wb") as log_file:
-            proc = self.children.spawn(
-                [sys.executable, "-m", "messenger", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                cpu=self.cpu("server"),
-                cwd=ROOT,
-                env=environment,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
-        service = Service(proc, f"http://127.0.0.1:{port}", log_path)
-        try:
-            wait_ready(service, self.args.start_timeout)
-            yield service
-        finally:
-            self.children.stop(proc)
-
-
-def wait_ready(service: Service, timeout: float) -> None:
-    """/readyz: the database, S3 and clamd all answer (the embedded ones are started by then)."""
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        if service.proc.poll() is not None:
-            raise BenchError(f"messenger serve exited with {service.proc.returncode}:\n{tail(service.log_path)}")
-        try:
-            with urllib.request.urlopen(service.url + "/readyz", timeout=3) as response:
-                if response.status == 200:
-                    return
-        except urllib.error.HTTPError as exc:
-            last = exc.read().decode(errors="replace")[:300]
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.2)
-    raise BenchError(f"messenger serve not ready after {timeout:.0f} s ({last}):\n{tail(service.log_path)}")
+    def service(self, name: str, env: dict[str, str]) -> contextlib.AbstractContextManager[Service]:
+        return messenger_serve(
+            self.children,
+            self.scratch,
+            name,
+            secret=self.secret,
+            env=env,
+            timeout=self.args.start_timeout,
+            cpu=self.cpu("server"),
+        )
 
 
 def rest(bench: Bench, service: Service, user: str, method: str, path: str, body: Any = None) -> Any:

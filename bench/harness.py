@@ -9,8 +9,16 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 class BenchError(Exception):
@@ -89,3 +97,73 @@ def raw_instream(socket_path: str, data: bytes, frame: int) -> str:
                 break
             reply += more
     return reply.rstrip(b"\0").decode()
+
+
+@dataclass
+class Service:
+    """A `messenger serve` started by a benchmark."""
+
+    proc: subprocess.Popen[Any]
+    url: str
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+@contextlib.contextmanager
+def messenger_serve(
+    children: Children,
+    scratch: Path,
+    name: str,
+    *,
+    secret: str,
+    env: dict[str, str],
+    timeout: float,
+    cpu: int | None = None,
+) -> Iterator[Service]:
+    """Start `messenger serve` on a free port, wait until /readyz says every part answers, stop it after."""
+    port = free_port()
+    log_path = scratch / f"{name}.log"
+    environment = {
+        **os.environ,
+        "JWT_SECRET": secret,
+        "MESSENGER_DATA_DIR": str(scratch / f"{name}-data"),
+        "MESSENGER_LOG_LEVEL": "WARNING",
+        **env,
+    }
+    with open(log_path, "wb") as log_file:
+        proc = children.spawn(
+            [sys.executable, "-m", "messenger", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            cpu=cpu,
+            cwd=REPO,
+            env=environment,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    service = Service(proc, f"http://127.0.0.1:{port}", log_path)
+    try:
+        wait_ready(service, timeout)
+        yield service
+    finally:
+        children.stop(proc)
+
+
+def wait_ready(service: Service, timeout: float) -> None:
+    """/readyz: the database, S3 and clamd all answer (the embedded ones are started by then)."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if service.proc.poll() is not None:
+            raise BenchError(f"messenger serve exited with {service.proc.returncode}:\n{tail(service.log_path)}")
+        try:
+            with urllib.request.urlopen(service.url + "/readyz", timeout=3) as response:
+                if response.status == 200:
+                    return
+        except urllib.error.HTTPError as exc:
+            last = exc.read().decode(errors="replace")[:300]
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.2)
+    raise BenchError(f"messenger serve not ready after {timeout:.0f} s ({last}):\n{tail(service.log_path)}")

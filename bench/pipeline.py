@@ -46,14 +46,12 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import BenchError, Children, free_port, log, raw_instream, tail
+from harness import BenchError, Children, free_port, log, messenger_serve, raw_instream, tail
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -595,41 +593,10 @@ def noise_png(pixels: int) -> bytes:
 
 @contextlib.contextmanager
 def service(bench: Bench, name: str, env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen[Any]]]:
-    port = free_port()
-    log_path = bench.scratch / f"{name}.log"
-    environment = {
-        **os.environ,
-        "JWT_SECRET": bench.secret,
-        "MESSENGER_DATA_DIR": str(bench.scratch / f"{name}-data"),
-        "MESSENGER_LOG_LEVEL": "WARNING",
-        **env,
-    }
-    with open(log_path, "wb") as log_file:
-        proc = bench.children.spawn(
-            [sys.executable, "-m", "messenger", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
-            env=environment,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + bench.args.start_timeout
-        while True:
-            if proc.poll() is not None:
-                raise BenchError(f"messenger serve exited with {proc.returncode}:\n{tail(log_path)}")
-            try:
-                with urllib.request.urlopen(url + "/readyz", timeout=3) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                raise BenchError(f"messenger serve not ready in time:\n{tail(log_path)}")
-            time.sleep(0.2)
-        yield url, proc
-    finally:
-        bench.children.stop(proc)
+    with messenger_serve(
+        bench.children, bench.scratch, name, secret=bench.secret, env=env, timeout=bench.args.start_timeout
+    ) as started:
+        yield started.url, started.proc
 
 
 def percentile(values: list[float], q: float) -> float:
