@@ -43,7 +43,6 @@ import resource
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,12 +50,11 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import BenchError, Children, Service, free_port, log, messenger_serve, tail
+from harness import BenchError, Children, Service, log, messenger_serve, moto_server, tail
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -595,34 +593,6 @@ def part_grants(bench: Bench) -> None:
 # --- part 2: no file byte through the service ---------------------------------------------------
 
 
-@contextlib.contextmanager
-def moto_server(bench: Bench) -> Iterator[tuple[str, int]]:
-    port = free_port()
-    log_path = bench.scratch / "moto.log"
-    with open(log_path, "wb") as log_file:
-        proc = bench.children.spawn(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise BenchError(f"moto_server exited: {tail(log_path)}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise BenchError(f"moto_server did not listen: {tail(log_path)}") from None
-                time.sleep(0.1)
-        yield url, proc.pid
-    finally:
-        bench.children.stop(proc)
-
-
 def make_bucket(endpoint: str, bucket: str) -> None:
     import boto3
     from botocore.config import Config
@@ -851,7 +821,7 @@ def part_zero_copy(bench: Bench) -> None:
     log(f"\n== zero-copy: a {size / MiB:.0f} MiB upload, service vs an S3 API server in its own process")
     log("   WORKER_EMBEDDED=false: no pipeline in the service, so nothing reads the file back to scan it;")
     log("   bytes counted from every read/write/send/recv syscall of each process (strace -f -yy), by peer")
-    with moto_server(bench) as (endpoint, s3_pid):
+    with moto_server(bench.children, bench.scratch) as (endpoint, s3_pid):
         s3_port = int(endpoint.rsplit(":", 1)[1])
         make_bucket(endpoint, bucket)
         layouts = [("POST", {}), ("MULTIPART", {"ATTACHMENTS_MULTIPART_THRESHOLD": str(8 * MiB)})]

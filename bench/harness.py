@@ -167,3 +167,31 @@ def wait_ready(service: Service, timeout: float) -> None:
             pass
         time.sleep(0.2)
     raise BenchError(f"messenger serve not ready after {timeout:.0f} s ({last}):\n{tail(service.log_path)}")
+
+
+@contextlib.contextmanager
+def moto_server(children: Children, scratch: Path) -> Iterator[tuple[str, int]]:
+    """moto's S3 API server as a process of its own (its objects are not the measured process's memory)."""
+    port = free_port()
+    log_path = scratch / "moto.log"
+    with open(log_path, "wb") as log_file:
+        proc = children.spawn(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise BenchError(f"moto_server exited: {tail(log_path)}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"moto_server did not listen: {tail(log_path)}") from None
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}", proc.pid
+    finally:
+        children.stop(proc)

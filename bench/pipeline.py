@@ -39,7 +39,6 @@ import os
 import random
 import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import BenchError, Children, free_port, log, messenger_serve, raw_instream, tail
+from harness import BenchError, Children, log, messenger_serve, moto_server, raw_instream, tail
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -127,34 +126,6 @@ class Bench:
 
     def row(self, what: str, figure: str, note: str = "") -> None:
         self.rows.append((what, figure, note))
-
-
-@contextlib.contextmanager
-def moto_server(bench: Bench) -> Iterator[tuple[str, int]]:
-    """moto's S3 API server as a process of its own: the objects it holds are not our memory."""
-    port = free_port()
-    log_path = bench.scratch / "moto.log"
-    with open(log_path, "wb") as log_file:
-        proc = bench.children.spawn(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise BenchError(f"moto_server exited: {tail(log_path)}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise BenchError(f"moto_server did not listen: {tail(log_path)}") from None
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}", proc.pid
-    finally:
-        bench.children.stop(proc)
 
 
 def s3_settings(endpoint: str) -> Any:
@@ -735,7 +706,7 @@ async def scans(bench: Bench) -> None:
     from scanner import EmbeddedClamd
 
     args = bench.args
-    with moto_server(bench) as (endpoint, s3_pid):
+    with moto_server(bench.children, bench.scratch) as (endpoint, s3_pid):
         boto3_client(endpoint).create_bucket(Bucket=BUCKET)
         clamd = EmbeddedClamd(bench.scratch / "clamd", stream_max_length=args.stream_max)
         started = time.perf_counter()
