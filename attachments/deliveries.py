@@ -18,13 +18,13 @@ from pymongo import ASCENDING, ReturnDocument
 from attachments.models import AttachmentStatus
 from attachments.service import AttachmentService
 from attachments.store import AttachmentStore
-from chat.auth import Identity
-from chat.clock import iso, utc_now
-from chat.errors import Conflict, Forbidden, InvalidInput, NotFound
-from chat.events import OUTBOX_FIELD, Outbox, new_event
-from chat.ports import Notifier
 from chat.service import ChatService, MessageKind
-from chat.store import new_id
+from core.clock import iso, utc_now
+from core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from core.events import OUTBOX_FIELD, Outbox, new_event
+from core.identity import Identity
+from core.ids import new_id
+from core.notify import Notifier
 
 log = logging.getLogger(__name__)
 

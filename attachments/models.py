@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
-from chat.clock import iso
+from core.clock import iso
 
 
 class AttachmentStatus(StrEnum):

@@ -18,13 +18,14 @@ from attachments.deliveries import DeliveryService
 from attachments.models import AttachmentStatus
 from attachments.service import AttachmentService
 from attachments.store import AttachmentStore
-from chat.auth import Identity
-from chat.clock import epoch_ms, iso, utc_now
-from chat.cursors import decode_cursor, encode_cursor
-from chat.errors import Conflict, Forbidden, InvalidInput, NotFound
-from chat.events import OUTBOX_FIELD, EventLog, Outbox, new_event
 from chat.service import ChatService
-from chat.store import MessageStore, new_id
+from chat.store import MessageStore
+from core.clock import epoch_ms, iso, utc_now
+from core.cursors import decode_cursor, encode_cursor
+from core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from core.events import OUTBOX_FIELD, EventLog, Outbox, new_event
+from core.identity import Identity
+from core.ids import new_id
 
 log = logging.getLogger(__name__)
 

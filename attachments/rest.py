@@ -10,8 +10,8 @@ from pydantic import Field, StrictInt, StrictStr
 from attachments.deliveries import DeliveryService
 from attachments.moderation import ModerationService
 from attachments.service import AttachmentService
-from chat.commands import Command, Id, parse
-from chat.http import API_PREFIX, identity, json_body, ok, query_int
+from core.commands import Command, Id, parse
+from core.http import API_PREFIX, identity, json_body, ok, query_int
 
 
 class RequestUpload(Command):

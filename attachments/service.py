@@ -21,14 +21,14 @@ from attachments.content_check import SNIFF_BYTES, ContentMismatch, extension_ty
 from attachments.models import DOWNLOADABLE, NOT_ATTACHABLE, AttachmentStatus, attachment_view
 from attachments.storage import ObjectStorage, StoredPart, UploadGone
 from attachments.store import AttachmentStore, Doc
-from chat.auth import Identity
-from chat.clock import epoch_ms, iso, utc_now
-from chat.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge
-from chat.events import Outbox, new_event
-from chat.ports import Notifier
 from chat.service import ChatService
-from chat.store import new_id
 from config.settings import AttachmentSettings
+from core.clock import epoch_ms, iso, utc_now
+from core.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge
+from core.events import Outbox, new_event
+from core.identity import Identity
+from core.ids import new_id
+from core.notify import Notifier
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from pymongo import ASCENDING, ReturnDocument
 
-from chat.events import OUTBOX_FIELD
+from core.events import OUTBOX_FIELD
 
 Doc = dict[str, Any]
 

@@ -114,8 +114,8 @@ class Bench:
         return 0 if which == "server" else 1
 
     def token(self, user_id: str) -> str:
-        from chat.auth import issue_token
         from config.settings import AuthSettings
+        from core.identity import issue_token
 
         return issue_token(AuthSettings(secret=self.secret), user_id, ttl_seconds=3600)
 

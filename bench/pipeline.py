@@ -495,8 +495,8 @@ async def part_rss(bench: Bench, endpoint: str, clamd_address: str) -> None:
 async def rss_child(key: str, size: int) -> None:
     """The worker process of the rss part: wired like `messenger worker`, one job, then report."""
     from attachments.models import AttachmentStatus
-    from chat.clock import epoch_ms, utc_now
     from config.settings import load_settings
+    from core.clock import epoch_ms, utc_now
     from messenger.app import build_container, database_started, scanner_started, storage_started
 
     settings = load_settings()
@@ -580,8 +580,8 @@ async def part_latency(bench: Bench) -> None:
     import aiohttp
     import socketio
 
-    from chat.auth import issue_token
     from config.settings import AuthSettings
+    from core.identity import issue_token
 
     args = bench.args
     n = args.uploads

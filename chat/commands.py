@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import Field, StrictBool, StrictInt, StrictStr
 
-from chat.errors import InvalidInput
-
-Id = Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@\-]+$")]
-# Long enough for any client's own id scheme, short enough to index.
-ClientId = Annotated[StrictStr, Field(min_length=1, max_length=128)]
-Seq = Annotated[StrictInt, Field(ge=0, le=2**53)]
-
-
-class Command(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+from core.commands import ClientId, Command, Id, Seq
 
 
 class OpenConversation(Command):
@@ -59,18 +50,3 @@ class Typing(Command):
 
 class PresenceQuery(Command):
     user_ids: Annotated[list[Id], Field(min_length=1, max_length=200)]
-
-
-C = TypeVar("C", bound=Command)
-
-
-def parse(command: type[C], payload: Any) -> C:
-    if not isinstance(payload, dict):
-        raise InvalidInput("the payload must be a JSON object", code="invalid_payload")
-    try:
-        return command.model_validate(payload)
-    except ValidationError as exc:
-        fields = [{"field": ".".join(str(part) for part in err["loc"]), "problem": err["msg"]} for err in exc.errors()]
-        raise InvalidInput(
-            "; ".join(f"{f['field']}: {f['problem']}" for f in fields), code="invalid_payload", fields=fields
-        ) from None

@@ -1,17 +1,11 @@
-"""What the chat use cases need from outside chat/, as small protocols the composition root fills."""
+"""What the chat use cases need from the attachments part, as a small protocol the composition root fills."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
-from chat.errors import InvalidInput
-
-
-class Notifier(Protocol):
-    """Pushes a server→client event to every connected session of the given users."""
-
-    async def emit(self, event: str, payload: Mapping[str, Any], user_ids: Iterable[str]) -> None: ...
+from core.errors import InvalidInput
 
 
 class AttachmentDirectory(Protocol):
@@ -44,16 +38,3 @@ class NoAttachments:
 
     async def withdraw(self, attachment_ids: Sequence[str], reason: str) -> None:
         return None
-
-
-class RecordingNotifier:
-    """An in-memory Notifier for fast tests: keeps what each user would have received."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, dict[str, Any], frozenset[str]]] = []
-
-    async def emit(self, event: str, payload: Mapping[str, Any], user_ids: Iterable[str]) -> None:
-        self.sent.append((event, dict(payload), frozenset(user_ids)))
-
-    def received_by(self, user_id: str, event: str | None = None) -> list[dict[str, Any]]:
-        return [payload for name, payload, users in self.sent if user_id in users and (event is None or name == event)]

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Protocol
 
-from chat.clock import iso, utc_now
+from core.clock import iso, utc_now
 
 
 class PresenceTracker(Protocol):

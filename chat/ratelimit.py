@@ -6,7 +6,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from chat.errors import RateLimited
+from core.errors import RateLimited
 
 
 class TokenBuckets:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from chat.commands import MarkRead, OpenConversation, SendMessage, parse
-from chat.errors import Forbidden
-from chat.events import EventLog
-from chat.http import API_PREFIX, identity, json_body, ok, query_int
+from chat.commands import MarkRead, OpenConversation, SendMessage
 from chat.service import ChatService
+from core.commands import parse
+from core.errors import Forbidden
+from core.events import EventLog
+from core.http import API_PREFIX, identity, json_body, ok, query_int
 
 
 class ChatRoutes:

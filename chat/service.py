@@ -17,20 +17,22 @@ from typing import Any
 
 from pymongo.errors import DuplicateKeyError
 
-from chat.auth import Identity
-from chat.clock import epoch_ms, iso, utc_now
 from chat.contact_filter import find_contacts, mask_contacts
-from chat.cursors import decode_cursor, encode_cursor
-from chat.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge, RateLimited
-from chat.events import OUTBOX_FIELD, Outbox, new_event
 from chat.locks import ConversationLocks, LocalLocks
 from chat.metrics import ChatMetrics
-from chat.ports import AttachmentDirectory, Notifier
+from chat.ports import AttachmentDirectory
 from chat.presence import PresenceTracker
 from chat.ratelimit import MinInterval, TokenBuckets
-from chat.store import ConversationStore, Doc, MessageStore, duplicate_key_fields, new_id
+from chat.store import ConversationStore, Doc, MessageStore, duplicate_key_fields
 from chat.views import conversation_view, message_view, role_of
 from config.settings import ChatSettings, ContactPolicy
+from core.clock import epoch_ms, iso, utc_now
+from core.cursors import decode_cursor, encode_cursor
+from core.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge, RateLimited
+from core.events import OUTBOX_FIELD, Outbox, new_event
+from core.identity import Identity
+from core.ids import new_id
+from core.notify import Notifier
 
 log = logging.getLogger(__name__)
 

@@ -1,23 +1,17 @@
 """Socket.IO transport of the chat part: authenticates connections and turns events into use cases.
 
-A handler's return value is the ack, `{ok: true, ...}` or `{ok: false, error: {code, message}}`;
-this module is the one place where errors become acks. Every session joins `user:{id}`, so a
-message reaches all of a user's tabs and devices, on any node when Redis is configured.
+Each handler's return value is its ack (core/sockets.py turns errors into acks). Every session
+joins `user:{id}`, so a message reaches all of a user's tabs and devices, on any node with Redis.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import socketio
-from aiohttp import web
 
-from chat.auth import Identity, TokenVerifier
 from chat.commands import (
     DeleteMessage,
     EditMessage,
@@ -26,31 +20,15 @@ from chat.commands import (
     SendMessage,
     Sync,
     Typing,
-    parse,
 )
-from chat.errors import MessengerError, Unauthenticated
-from chat.http import Handler
 from chat.metrics import ChatMetrics
 from chat.service import ChatService
+from core.commands import parse
+from core.errors import Unauthenticated
+from core.identity import Identity, TokenVerifier
+from core.sockets import Ack, acked
 
 log = logging.getLogger(__name__)
-
-Ack = dict[str, Any]
-
-
-@web.middleware
-async def without_websocket_compression(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Decline permessage-deflate on Socket.IO upgrades.
-
-    Accepting it keeps zlib state for every connection (measured: 124 KB of server memory per
-    idle connection with it, 32 KB without) to save bandwidth on messages that are mostly small.
-    python-engineio offers no setting for it, so the client's offer is removed before the upgrade.
-    """
-    if "Sec-WebSocket-Extensions" in request.headers and request.path.startswith("/socket.io"):
-        headers = request.headers.copy()
-        del headers["Sec-WebSocket-Extensions"]
-        request = request.clone(headers=headers)
-    return await handler(request)
 
 
 def user_room(user_id: str) -> str:
@@ -91,7 +69,7 @@ class ChatGateway:
             "presence:query": self.presence_query,
         }
         for event, handler in handlers.items():
-            self._sio.on(event, self._acked(event, handler))
+            self._sio.on(event, acked(self._sio, event, handler, self._count_error))
 
     async def connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         token = auth.get("token") if isinstance(auth, dict) else None
@@ -114,29 +92,8 @@ class ChatGateway:
         self._metrics.connections.dec()
         await self._chat.session_closed(caller)
 
-    def _acked(self, event: str, handler: Callable[[Identity, Any], Awaitable[Ack]]) -> Callable[..., Awaitable[Ack]]:
-        @functools.wraps(handler)
-        async def handle(sid: str, payload: Any = None, *_: Any) -> Ack:
-            try:
-                session = await self._sio.get_session(sid)
-                caller: Identity | None = session.get("identity")
-                if caller is None:
-                    raise Unauthenticated("connect with a token first", code="token_missing")
-                if caller.expires_at < time.time():
-                    raise Unauthenticated("the token has expired; reconnect with a new one", code="token_expired")
-                return await handler(caller, payload)
-            except MessengerError as exc:
-                self._metrics.errors.labels(code=exc.code).inc()
-                return {"ok": False, **exc.to_json()}
-            except Exception:
-                request_id = uuid.uuid4().hex
-                log.exception("unhandled error in socket event", extra={"event": event, "request_id": request_id})
-                return {
-                    "ok": False,
-                    "error": {"code": "internal_error", "message": "internal error", "request_id": request_id},
-                }
-
-        return handle
+    def _count_error(self, code: str) -> None:
+        self._metrics.errors.labels(code=code).inc()
 
     async def send_message(self, caller: Identity, payload: Any) -> Ack:
         command = parse(SendMessage, payload)

@@ -7,23 +7,19 @@ same single-document write (see chat/events.py).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from chat.clock import epoch_ms, utc_now
-from chat.events import OUTBOX_FIELD
+from core.clock import epoch_ms, utc_now
+from core.events import OUTBOX_FIELD
+from core.ids import new_id
 
 Doc = dict[str, Any]
 # A safety bound, far above what a person edits while a client is away.
 MAX_CHANGED_PER_SYNC = 5000
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
 
 
 def duplicate_key_fields(exc: DuplicateKeyError) -> set[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from chat.clock import iso
+from core.clock import iso
 
 Doc = Mapping[str, Any]
 

@@ -27,18 +27,20 @@ from attachments.rest import AttachmentRoutes, DeliveryRoutes, ModerationRoutes
 from attachments.service import AttachmentService
 from attachments.storage import S3Storage
 from attachments.store import AttachmentStore
-from chat.auth import TokenVerifier
-from chat.events import EventLog, Outbox
-from chat.http import auth_middleware, cors_middleware, errors_middleware
 from chat.locks import LocalLocks, RedisLocks
 from chat.metrics import ChatMetrics
-from chat.ports import NoAttachments, Notifier
+from chat.ports import NoAttachments
 from chat.presence import LocalPresence, PresenceTracker, RedisPresence
 from chat.rest import ChatRoutes
 from chat.service import ChatService
-from chat.sockets import ChatGateway, SocketNotifier, without_websocket_compression
+from chat.sockets import ChatGateway, SocketNotifier
 from chat.store import ConversationStore, MessageStore
 from config.settings import Settings
+from core.events import EventLog, Outbox
+from core.http import auth_middleware, cors_middleware, errors_middleware
+from core.identity import TokenVerifier
+from core.notify import Notifier
+from core.sockets import without_websocket_compression
 from messenger import __version__
 from messenger.database import Database, open_database
 from messenger.web import WebClient

@@ -8,9 +8,9 @@ import sys
 
 from aiohttp import web
 
-from chat.auth import issue_token
-from chat.errors import MessengerError
 from config.settings import ConfigError, Settings, load_settings
+from core.errors import MessengerError
+from core.identity import issue_token
 from messenger import __version__
 from messenger.logs import configure_logging
 

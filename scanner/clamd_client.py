@@ -238,9 +238,7 @@ class ClamdClient:
             return sock
         raise last_error
 
-    async def _connect_one(
-        self, family: int, proto: int, sockaddr: str | tuple[object, ...]
-    ) -> socket.socket:
+    async def _connect_one(self, family: int, proto: int, sockaddr: str | tuple[object, ...]) -> socket.socket:
         sock = socket.socket(family, socket.SOCK_STREAM, proto)
         try:
             sock.setblocking(False)

@@ -126,8 +126,7 @@ class EmbeddedClamd:
             if loop.time() >= deadline:
                 await self.stop()
                 raise ClamdUnavailable(
-                    f"clamd did not answer PING within {timeout:g} s: "
-                    f"{_tail(stderr_log)} (full log: {stderr_log})"
+                    f"clamd did not answer PING within {timeout:g} s: {_tail(stderr_log)} (full log: {stderr_log})"
                 )
             await asyncio.sleep(_POLL_INTERVAL)
         logger.info("clamd pid %d ready at %s", self._process.pid, self.address)
@@ -217,11 +216,7 @@ class EmbeddedClamd:
         directory = self._official_db_dir
         if directory is None or not directory.is_dir():
             return []
-        return sorted(
-            p.resolve()
-            for p in directory.iterdir()
-            if p.suffix in _OFFICIAL_SUFFIXES and p.is_file()
-        )
+        return sorted(p.resolve() for p in directory.iterdir() if p.suffix in _OFFICIAL_SUFFIXES and p.is_file())
 
     def _choose_socket_path(self, workdir: Path) -> Path:
         candidate = workdir / "clamd.sock"

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from chat.auth import Identity, issue_token
-from chat.ports import RecordingNotifier
 from config.settings import Settings, load_settings
+from core.identity import Identity, issue_token
+from core.notify import RecordingNotifier
 from messenger.app import Container, build_container
 
 TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"

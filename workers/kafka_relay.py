@@ -1,6 +1,6 @@
 """Relays the durable event log (MongoDB `events`) to Kafka topics, at least once, in order per key.
 
-Every write in the service appends its events to the event log (see `chat.events`); this worker
+Every write in the service appends its events to the event log (see `core.events`); this worker
 reads that log in position order, after a checkpoint it keeps in MongoDB, and publishes each event
 to the topic for its type (`topic_for`), keyed by the event's `key` so that one key always lands
 on one partition. Only once Kafka has acknowledged every event of a batch (acks=all) does the
@@ -44,8 +44,8 @@ from aiokafka.helpers import create_ssl_context
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from chat.events import EventLog
 from config.settings import KafkaSettings
+from core.events import EventLog
 
 log = logging.getLogger(__name__)
 

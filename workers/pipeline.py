@@ -27,9 +27,9 @@ from attachments.models import AttachmentStatus
 from attachments.service import AttachmentService
 from attachments.storage import ObjectStorage
 from attachments.store import AttachmentStore, Doc
-from chat.clock import iso, utc_now
-from chat.events import new_event
 from config.settings import ScannerSettings, WorkerSettings
+from core.clock import iso, utc_now
+from core.events import new_event
 from scanner.verdict import ScanResult, Verdict
 from workers.previews import PreviewFailed, PreviewRenderer, PreviewSource
 

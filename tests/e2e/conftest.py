@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from chat.auth import issue_token
 from config.settings import AuthSettings
+from core.identity import issue_token
 from tests.conftest import TEST_SECRET
 
 REPO = Path(__file__).resolve().parents[2]

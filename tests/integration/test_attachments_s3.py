@@ -316,7 +316,9 @@ async def test_messages_carry_own_uploaded_attachments_only(chat: Chat) -> None:
     message = await sent.json()
     assert [(a["id"], a["status"]) for a in message["attachments"]] == [(attachment_id, "uploaded")]
     twice = await chat.client.post(
-        send, json={"client_id": "m3", "text": "again", "attachment_ids": [attachment_id]}, headers=chat.auth("seller")
+        send,
+        json={"client_id": "m3", "text": "again", "attachment_ids": [attachment_id]},
+        headers=chat.auth("seller"),
     )
     assert twice.status == 409 and (await twice.json())["error"]["code"] == "attachment_already_sent"
     await mark_clean(chat.client, attachment_id)

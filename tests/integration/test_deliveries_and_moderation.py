@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from chat.auth import issue_token
+from core.identity import issue_token
 from messenger.app import create_app
 from tests.conftest import make_settings, person
 from tests.integration.test_pipeline import EICAR, Harness, pdf, png

@@ -24,8 +24,8 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from mongomock_motor import AsyncMongoMockClient
 
 import workers.kafka_relay as kafka_relay
-from chat.events import EventLog, new_event
 from config.settings import KafkaSettings
+from core.events import EventLog, new_event
 from tests.conftest import Wired
 from tests.integration import kafka_broker
 from tests.integration.kafka_broker import TansuBroker

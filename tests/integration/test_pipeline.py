@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient
 from PIL import Image
 
 from attachments.storage import S3Storage
-from chat.auth import Identity
+from core.identity import Identity
 from messenger.app import CONTAINER, Container, create_app
 from scanner import ClamdClient, ScanResult, Verdict
 from tests.conftest import make_settings, person
@@ -102,7 +102,7 @@ class Harness:
 
     async def download_status(self, attachment_id: str, who: Identity = buyer) -> int:
         token = {"buyer": "buyer", "seller": "seller", "mod": "mod"}[who.user_id]
-        from chat.auth import issue_token
+        from core.identity import issue_token
 
         headers = {"Authorization": "Bearer " + issue_token(self.c.settings.auth, token, moderator=who.is_moderator)}
         response = await self.client.get(

@@ -12,10 +12,11 @@ ROOT = Path(__file__).resolve().parents[2]
 ALLOWED = {
     "config": set(),
     "scanner": set(),
-    "chat": {"config"},
-    "attachments": {"chat", "config"},
-    "workers": {"attachments", "chat", "config", "scanner"},
-    "messenger": {"attachments", "chat", "config", "scanner", "workers"},
+    "core": {"config"},
+    "chat": {"core", "config"},
+    "attachments": {"chat", "core", "config"},
+    "workers": {"attachments", "chat", "core", "config", "scanner"},
+    "messenger": {"attachments", "chat", "core", "config", "scanner", "workers"},
 }
 
 

@@ -9,9 +9,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from chat.auth import TokenVerifier, issue_token
-from chat.errors import Unauthenticated
 from config.settings import DEV_JWT_SECRET, AuthSettings, ConfigError, load_settings
+from core.errors import Unauthenticated
+from core.identity import TokenVerifier, issue_token
 from tests.conftest import TEST_SECRET
 
 AUTH = AuthSettings(secret=TEST_SECRET)

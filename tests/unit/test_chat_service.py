@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from chat.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge, RateLimited
+from core.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge, RateLimited
 from tests.conftest import Wired, alice, bob, mallory, person
 
 

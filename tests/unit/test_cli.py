@@ -6,8 +6,8 @@ import os
 import subprocess
 import sys
 
-from chat.auth import TokenVerifier
 from config.settings import AuthSettings
+from core.identity import TokenVerifier
 from tests.conftest import TEST_SECRET
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from chat.events import OUTBOX_FIELD, EventLog, Outbox, new_event
+from core.events import OUTBOX_FIELD, EventLog, Outbox, new_event
 from tests.conftest import Wired, alice
 
 

@@ -15,8 +15,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from chat.auth import Identity, TokenVerifier
-from chat.errors import InvalidInput, MessengerError, PayloadTooLarge, Unauthenticated
+from core.errors import InvalidInput, MessengerError, PayloadTooLarge, Unauthenticated
+from core.identity import Identity, TokenVerifier
 
 log = logging.getLogger(__name__)
 

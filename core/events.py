@@ -21,7 +21,7 @@ from typing import Any
 
 from pymongo.errors import DuplicateKeyError
 
-from chat.clock import iso, utc_now
+from core.clock import iso, utc_now
 
 log = logging.getLogger(__name__)
 

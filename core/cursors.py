@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from chat.errors import InvalidInput
+from core.errors import InvalidInput
 
 
 def encode_cursor(moment_ms: int, item_id: str) -> str:

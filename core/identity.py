@@ -9,8 +9,8 @@ from typing import Any
 
 import jwt
 
-from chat.errors import Unauthenticated
 from config.settings import AuthSettings
+from core.errors import Unauthenticated
 
 USER_ID = re.compile(r"[A-Za-z0-9_.:@\-]{1,128}")
 
