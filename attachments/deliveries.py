@@ -20,7 +20,7 @@ from attachments.service import AttachmentService
 from attachments.store import AttachmentStore
 from chat.service import ChatService, MessageKind
 from core.clock import iso, utc_now
-from core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from core.errors import Code, Conflict, Forbidden, InvalidInput, NotFound
 from core.events import OUTBOX_FIELD, Outbox, new_event
 from core.identity import Identity
 from core.ids import new_id
@@ -137,15 +137,15 @@ class DeliveryService:
     ) -> dict[str, Any]:
         conversation = await self._chat.conversation_for(caller, conversation_id)
         if conversation.get("order_id") != order_id:
-            raise NotFound("this conversation is not about that order", code="order_not_found")
+            raise NotFound("this conversation is not about that order", code=Code.ORDER_NOT_FOUND)
         if caller.user_id != conversation["seller_id"]:
-            raise Forbidden("only the seller can deliver an order", code="not_the_seller")
+            raise Forbidden("only the seller can deliver an order", code=Code.NOT_THE_SELLER)
         attachment_ids = list(dict.fromkeys(attachment_ids))
         if not attachment_ids:
-            raise InvalidInput("a delivery needs at least one file", code="delivery_without_files")
+            raise InvalidInput("a delivery needs at least one file", code=Code.DELIVERY_WITHOUT_FILES)
         earlier = await self._store.for_order(order_id)
         if any(d["status"] == DeliveryStatus.ACCEPTED for d in earlier):
-            raise Conflict("the order's delivery was already accepted", code="order_already_accepted")
+            raise Conflict("the order's delivery was already accepted", code=Code.ORDER_ALREADY_ACCEPTED)
         await self._attachments.check_attachable(caller.user_id, conversation_id, attachment_ids)
         delivery_id = new_id()
         doc: Doc = {
@@ -194,7 +194,7 @@ class DeliveryService:
         doc = await self._as_buyer(caller, delivery_id)
         reason = reason.strip()
         if not reason:
-            raise InvalidInput("say what should change", code="reason_required")
+            raise InvalidInput("say what should change", code=Code.REASON_REQUIRED)
         event = new_event(
             "order.revision_requested",
             doc["order_id"],
@@ -212,7 +212,9 @@ class DeliveryService:
             current = await self._store.get(doc["_id"]) or doc
             if current["status"] == status:
                 return delivery_view(current)  # the same decision again changes nothing
-            raise Conflict(f"the delivery is {current['status']}", code="delivery_not_ready", status=current["status"])
+            raise Conflict(
+                f"the delivery is {current['status']}", code=Code.DELIVERY_NOT_READY, status=current["status"]
+            )
         await self._publish(updated)
         return delivery_view(updated)
 
@@ -288,11 +290,11 @@ class DeliveryService:
     async def _visible(self, caller: Identity, delivery_id: str) -> Doc:
         doc = await self._store.get(delivery_id)
         if doc is None or caller.user_id not in (doc["seller_id"], doc["buyer_id"]):
-            raise NotFound("no such delivery", code="delivery_not_found")
+            raise NotFound("no such delivery", code=Code.DELIVERY_NOT_FOUND)
         return doc
 
     async def _as_buyer(self, caller: Identity, delivery_id: str) -> Doc:
         doc = await self._visible(caller, delivery_id)
         if caller.user_id != doc["buyer_id"]:
-            raise Forbidden("only the buyer can decide on a delivery", code="not_the_buyer")
+            raise Forbidden("only the buyer can decide on a delivery", code=Code.NOT_THE_BUYER)
         return doc

@@ -22,7 +22,7 @@ from chat.service import ChatService
 from chat.store import MessageStore
 from core.clock import epoch_ms, iso, utc_now
 from core.cursors import decode_cursor, encode_cursor
-from core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from core.errors import Code, Conflict, Forbidden, InvalidInput, NotFound
 from core.events import OUTBOX_FIELD, EventLog, Outbox, new_event
 from core.identity import Identity
 from core.ids import new_id
@@ -182,10 +182,10 @@ class ModerationService:
         self, caller: Identity, *, message_id: str | None, attachment_id: str | None, reason: str
     ) -> dict[str, Any]:
         if bool(message_id) == bool(attachment_id):
-            raise InvalidInput("report either a message_id or an attachment_id", code="invalid_payload")
+            raise InvalidInput("report either a message_id or an attachment_id", code=Code.INVALID_PAYLOAD)
         reason = reason.strip()
         if not reason:
-            raise InvalidInput("say why you report it", code="reason_required")
+            raise InvalidInput("say why you report it", code=Code.REASON_REQUIRED)
         if message_id:
             message = await self._messages.get(message_id)
             conversation_id = message["conversation_id"] if message else None
@@ -195,11 +195,11 @@ class ModerationService:
             conversation_id = attachment["conversation_id"] if attachment else None
             kind, target = "attachment", str(attachment_id)
         if conversation_id is None:
-            raise NotFound(f"no such {kind}", code=f"{kind}_not_found")
+            raise NotFound(f"no such {kind}", code=Code(f"{kind}_not_found"))
         try:
             await self._chat.conversation_for(caller, conversation_id)
         except NotFound:
-            raise NotFound(f"no such {kind}", code=f"{kind}_not_found") from None
+            raise NotFound(f"no such {kind}", code=Code(f"{kind}_not_found")) from None
         now = utc_now()
         report_id = new_id()
         event = new_event(
@@ -235,7 +235,7 @@ class ModerationService:
     ) -> tuple[list[dict[str, Any]], str | None]:
         self._require_moderator(caller)
         if kind not in (None, "message", "attachment"):
-            raise InvalidInput("kind is message or attachment", code="invalid_query")
+            raise InvalidInput("kind is message or attachment", code=Code.INVALID_QUERY)
         await self._queue.catch_up()
         items = await self._store.open_items(
             kind=kind, limit=limit + 1, after=decode_cursor(cursor) if cursor else None
@@ -269,7 +269,7 @@ class ModerationService:
         note = self._checked(action, note)
         doc = await self._attachment_store.get(attachment_id)
         if doc is None:
-            raise NotFound("no such attachment", code="attachment_not_found")
+            raise NotFound("no such attachment", code=Code.ATTACHMENT_NOT_FOUND)
         status = doc["status"]
         decision_id = new_id()
         events = [
@@ -280,7 +280,7 @@ class ModerationService:
         if action == "release":
             if status == AttachmentStatus.INFECTED:
                 raise Conflict(
-                    "an infected file is never released; reject it", code="cannot_release_infected", status=status
+                    "an infected file is never released; reject it", code=Code.CANNOT_RELEASE_INFECTED, status=status
                 )
             if status == AttachmentStatus.NEEDS_REVIEW:
                 # A person vouches for a file the scanner could not read; previews still follow.
@@ -294,19 +294,19 @@ class ModerationService:
                 target = AttachmentStatus(status)  # a reported file that is fine: it stays as it is
                 changes = {"review": {"decision_id": decision_id, "by": caller.user_id}}
             else:
-                raise Conflict(f"nothing to release while it is {status}", code="nothing_to_decide", status=status)
+                raise Conflict(f"nothing to release while it is {status}", code=Code.NOTHING_TO_DECIDE, status=status)
             moved = await self._attachment_store.transition(
                 attachment_id, from_statuses=[status], changes=changes, events=events
             )
         else:
             if status in (AttachmentStatus.AWAITING_UPLOAD, AttachmentStatus.REJECTED):
-                raise Conflict(f"nothing to reject while it is {status}", code="nothing_to_decide", status=status)
+                raise Conflict(f"nothing to reject while it is {status}", code=Code.NOTHING_TO_DECIDE, status=status)
             target = AttachmentStatus.REJECTED
             moved = await self._attachments.discard(
                 doc, reason="rejected_by_moderator", detail=note, events=events, decision_id=decision_id
             )
         if moved is None:
-            raise Conflict("the file changed meanwhile; look again", code="changed_meanwhile")
+            raise Conflict("the file changed meanwhile; look again", code=Code.CHANGED_MEANWHILE)
         await self._audit(caller, decision_id, "attachment", attachment_id, action, note, status, str(target))
         await self._attachments.publish(moved)
         await self._deliveries.attachment_settled(attachment_id)
@@ -318,7 +318,7 @@ class ModerationService:
         note = self._checked(action, note)
         doc = await self._messages.get(message_id)
         if doc is None:
-            raise NotFound("no such message", code="message_not_found")
+            raise NotFound("no such message", code=Code.MESSAGE_NOT_FOUND)
         decision_id = new_id()
         event = self._decision_event(
             caller,
@@ -408,16 +408,16 @@ class ModerationService:
     @staticmethod
     def _checked(action: str, note: str) -> str:
         if action not in ("release", "reject"):
-            raise InvalidInput("action is release or reject", code="invalid_action")
+            raise InvalidInput("action is release or reject", code=Code.INVALID_ACTION)
         note = note.strip()
         if not note:
-            raise InvalidInput("a decision needs a note saying why", code="note_required")
+            raise InvalidInput("a decision needs a note saying why", code=Code.NOTE_REQUIRED)
         return note
 
     @staticmethod
     def _require_moderator(caller: Identity) -> None:
         if not caller.is_moderator:
-            raise Forbidden("this needs the moderator role", code="moderator_only")
+            raise Forbidden("this needs the moderator role", code=Code.MODERATOR_ONLY)
 
 
 def _parse_time(value: str) -> Any:

@@ -24,7 +24,7 @@ from attachments.store import AttachmentStore, Doc
 from chat.service import ChatService
 from config.settings import AttachmentSettings
 from core.clock import epoch_ms, iso, utc_now
-from core.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge
+from core.errors import Code, Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge
 from core.events import Outbox, new_event
 from core.identity import Identity
 from core.ids import new_id
@@ -116,7 +116,7 @@ class AttachmentService:
         try:
             await self._store.insert(doc)
         except DuplicateKeyError:  # pragma: no cover - 128 random bits
-            raise Conflict("try again", code="id_collision") from None
+            raise Conflict("try again", code=Code.ID_COLLISION) from None
         return {"attachment": attachment_view(doc), "upload": upload}
 
     def part_size_for(self, size: int) -> int:
@@ -150,7 +150,7 @@ class AttachmentService:
             try:
                 landed = await self._storage.list_parts(doc["key"], upload_spec["upload_id"])
             except UploadGone:
-                raise Conflict("the upload can no longer be resumed; start a new one", code="upload_gone") from None
+                raise Conflict("the upload can no longer be resumed; start a new one", code=Code.UPLOAD_GONE) from None
             good = {p.part_number for p in landed if p.size == self._expected_part_size(doc, p.part_number)}
             missing = [n for n in range(1, upload_spec["part_count"] + 1) if n not in good]
             upload = {
@@ -175,7 +175,7 @@ class AttachmentService:
     ) -> dict[str, Any]:
         doc = await self._visible(caller, attachment_id)
         if doc["uploader_id"] != caller.user_id:
-            raise Forbidden("only the uploader can complete an upload", code="not_the_uploader")
+            raise Forbidden("only the uploader can complete an upload", code=Code.NOT_THE_UPLOADER)
         if doc["status"] != AttachmentStatus.AWAITING_UPLOAD:
             return self._already_completed(doc)
         if doc["upload"]["method"] == "MULTIPART":
@@ -185,7 +185,7 @@ class AttachmentService:
             current = await self._store.get(attachment_id)
             if current and current["status"] != AttachmentStatus.AWAITING_UPLOAD:
                 return self._already_completed(current)  # a concurrent complete got there first
-            raise Conflict("nothing has been uploaded yet", code="upload_missing")
+            raise Conflict("nothing has been uploaded yet", code=Code.UPLOAD_MISSING)
         if stored.size != doc["size"]:
             await self._reject_and_raise(
                 doc, "size_mismatch", f"{stored.size} bytes arrived, {doc['size']} were declared"
@@ -231,7 +231,9 @@ class AttachmentService:
         missing = [n for n in range(1, spec["part_count"] + 1) if n not in by_number]
         if missing:
             raise Conflict(
-                f"{len(missing)} part(s) have not been uploaded", code="upload_incomplete", missing_parts=missing[:100]
+                f"{len(missing)} part(s) have not been uploaded",
+                code=Code.UPLOAD_INCOMPLETE,
+                missing_parts=missing[:100],
             )
         extra = sorted(n for n in by_number if n > spec["part_count"])
         wrong = [n for n in range(1, spec["part_count"] + 1) if by_number[n].size != self._expected_part_size(doc, n)]
@@ -248,7 +250,7 @@ class AttachmentService:
             if differing:
                 raise Conflict(
                     "some parts differ from what S3 holds; upload them again",
-                    code="part_mismatch",
+                    code=Code.PART_MISMATCH,
                     parts=differing[:100],
                 )
         parts: list[StoredPart] = [by_number[n] for n in range(1, spec["part_count"] + 1)]
@@ -266,14 +268,14 @@ class AttachmentService:
     def _already_completed(self, doc: Doc) -> dict[str, Any]:
         if doc["status"] == AttachmentStatus.REJECTED:
             raise Conflict(
-                f"the upload was rejected: {doc.get('reason')}", code="attachment_rejected", status=doc["status"]
+                f"the upload was rejected: {doc.get('reason')}", code=Code.ATTACHMENT_REJECTED, status=doc["status"]
             )
         return attachment_view(doc)
 
     async def _reject_and_raise(self, doc: Doc, code: str, why: str) -> None:
         await self._reject(doc, code, why)
         raise InvalidInput(
-            f"upload rejected: {why}; the file was deleted", code=code, status=str(AttachmentStatus.REJECTED)
+            f"upload rejected: {why}; the file was deleted", code=Code(code), status=str(AttachmentStatus.REJECTED)
         )
 
     async def _reject(self, doc: Doc, code: str, why: str) -> Doc | None:
@@ -332,7 +334,7 @@ class AttachmentService:
         if doc["status"] not in DOWNLOADABLE:
             raise Conflict(
                 f"the file cannot be downloaded while it is {doc['status']}",
-                code="attachment_not_ready",
+                code=Code.ATTACHMENT_NOT_READY,
                 status=doc["status"],
             )
         return await self._storage.presign_get(
@@ -346,15 +348,15 @@ class AttachmentService:
         doc = await self._store.get(attachment_id)
         # Strangers learn nothing: the same answer as for an id that does not exist.
         if doc is None or (caller.user_id not in doc["participants"] and not (moderators_too and caller.is_moderator)):
-            raise NotFound("no such attachment", code="attachment_not_found")
+            raise NotFound("no such attachment", code=Code.ATTACHMENT_NOT_FOUND)
         return doc
 
     async def _own_pending_upload(self, caller: Identity, attachment_id: str) -> Doc:
         doc = await self._visible(caller, attachment_id)
         if doc["uploader_id"] != caller.user_id:
-            raise Forbidden("only the uploader can do this", code="not_the_uploader")
+            raise Forbidden("only the uploader can do this", code=Code.NOT_THE_UPLOADER)
         if doc["status"] != AttachmentStatus.AWAITING_UPLOAD:
-            raise Conflict(f"the upload is already {doc['status']}", code="upload_not_pending", status=doc["status"])
+            raise Conflict(f"the upload is already {doc['status']}", code=Code.UPLOAD_NOT_PENDING, status=doc["status"])
         return doc
 
     # --- the AttachmentDirectory port of chat/ ----------------------------------------------
@@ -364,22 +366,22 @@ class AttachmentService:
             return
         if len(attachment_ids) > self._settings.max_per_message:
             raise InvalidInput(
-                f"at most {self._settings.max_per_message} attachments per message", code="too_many_attachments"
+                f"at most {self._settings.max_per_message} attachments per message", code=Code.TOO_MANY_ATTACHMENTS
             )
         docs = {d["_id"]: d for d in await self._store.get_many(attachment_ids)}
         for attachment_id in attachment_ids:
             doc = docs.get(attachment_id)
             # Someone else's attachment, or one in another conversation, is as good as unknown.
             if doc is None or doc["uploader_id"] != user_id or doc["conversation_id"] != conversation_id:
-                raise InvalidInput(f"no such attachment of yours here: {attachment_id}", code="attachment_not_found")
+                raise InvalidInput(f"no such attachment of yours here: {attachment_id}", code=Code.ATTACHMENT_NOT_FOUND)
             if doc["status"] in NOT_ATTACHABLE:
                 raise Conflict(
                     f"attachment {attachment_id} is {doc['status']}",
-                    code="attachment_not_attachable",
+                    code=Code.ATTACHMENT_NOT_ATTACHABLE,
                     status=doc["status"],
                 )
             if doc.get("message_id"):
-                raise Conflict(f"attachment {attachment_id} was already sent", code="attachment_already_sent")
+                raise Conflict(f"attachment {attachment_id} was already sent", code=Code.ATTACHMENT_ALREADY_SENT)
 
     async def withdraw(self, attachment_ids: Sequence[str], reason: str) -> None:
         """Make files unavailable for good: rejected, their bytes and previews deleted."""
@@ -419,25 +421,25 @@ class AttachmentService:
 
     def _check_size(self, size: int) -> None:
         if size <= 0:
-            raise InvalidInput("empty files cannot be sent", code="file_empty")
+            raise InvalidInput("empty files cannot be sent", code=Code.FILE_EMPTY)
         if size > self._settings.max_file_size:
             raise PayloadTooLarge(
                 f"the file is larger than {self._settings.max_file_size} bytes",
-                code="file_too_large",
+                code=Code.FILE_TOO_LARGE,
                 max_size=self._settings.max_file_size,
             )
 
     def _checked_type(self, content_type: str, filename: str) -> str:
         normalised = normalise_type(content_type)
         if not _CONTENT_TYPE.match(normalised):
-            raise InvalidInput("content_type must look like type/subtype", code="invalid_content_type")
+            raise InvalidInput("content_type must look like type/subtype", code=Code.INVALID_CONTENT_TYPE)
         allowed = [normalise_type(t) for t in self._settings.allowed_types]
         denied = {normalise_type(t) for t in self._settings.denied_types}
         if normalised in denied or (allowed and not any(_type_matches(normalised, pattern) for pattern in allowed)):
-            raise InvalidInput(f"files of type {normalised} are not accepted", code="type_not_allowed")
+            raise InvalidInput(f"files of type {normalised} are not accepted", code=Code.TYPE_NOT_ALLOWED)
         by_extension = extension_type(filename)
         if by_extension in denied:
-            raise InvalidInput(f"files named like {filename!r} are not accepted", code="type_not_allowed")
+            raise InvalidInput(f"files named like {filename!r} are not accepted", code=Code.TYPE_NOT_ALLOWED)
         return normalised
 
 
@@ -451,11 +453,11 @@ def checked_filename(filename: str) -> str:
     """A display name: no paths, no control or bidi-override characters, at most 255 UTF-8 bytes."""
     name = unicodedata.normalize("NFC", filename).strip()
     if not name or name in (".", ".."):
-        raise InvalidInput("filename must not be empty", code="invalid_filename")
+        raise InvalidInput("filename must not be empty", code=Code.INVALID_FILENAME)
     if "/" in name or "\\" in name:
-        raise InvalidInput("filename must be a name, not a path", code="invalid_filename")
+        raise InvalidInput("filename must be a name, not a path", code=Code.INVALID_FILENAME)
     if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
-        raise InvalidInput("filename must not contain control or formatting characters", code="invalid_filename")
+        raise InvalidInput("filename must not contain control or formatting characters", code=Code.INVALID_FILENAME)
     if len(name.encode()) > MAX_FILENAME_BYTES:
-        raise InvalidInput(f"filename must be at most {MAX_FILENAME_BYTES} bytes", code="invalid_filename")
+        raise InvalidInput(f"filename must be at most {MAX_FILENAME_BYTES} bytes", code=Code.INVALID_FILENAME)
     return name

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from core.errors import InvalidInput
+from core.errors import Code, InvalidInput
 
 
 class AttachmentDirectory(Protocol):
@@ -28,7 +28,7 @@ class NoAttachments:
 
     async def check_attachable(self, user_id: str, conversation_id: str, attachment_ids: Sequence[str]) -> None:
         if attachment_ids:
-            raise InvalidInput("attachments are not available", code="attachment_not_found")
+            raise InvalidInput("attachments are not available", code=Code.ATTACHMENT_NOT_FOUND)
 
     async def link_to_message(self, attachment_ids: Sequence[str], message_id: str) -> None:
         return None

@@ -7,7 +7,7 @@ from aiohttp import web
 from chat.commands import MarkRead, OpenConversation, SendMessage
 from chat.service import ChatService
 from core.commands import parse
-from core.errors import Forbidden
+from core.errors import Code, Forbidden
 from core.events import EventLog
 from core.http import API_PREFIX, identity, json_body, ok, query_int
 
@@ -74,7 +74,7 @@ class ChatRoutes:
 
     async def events(self, request: web.Request) -> web.Response:
         if not identity(request).is_moderator:
-            raise Forbidden("reading events needs the moderator role", code="moderator_only")
+            raise Forbidden("reading events needs the moderator role", code=Code.MODERATOR_ONLY)
         after = query_int(request, "after", 0) or 0
         limit = query_int(request, "limit", 100, minimum=1, maximum=1000) or 100
         events = await self._events.read(after=after, limit=limit, event_type=request.query.get("type") or None)

@@ -28,7 +28,7 @@ from chat.views import conversation_view, message_view, role_of
 from config.settings import ChatSettings, ContactPolicy
 from core.clock import epoch_ms, iso, utc_now
 from core.cursors import decode_cursor, encode_cursor
-from core.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge, RateLimited
+from core.errors import Code, Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge, RateLimited
 from core.events import OUTBOX_FIELD, Outbox, new_event
 from core.identity import Identity
 from core.ids import new_id
@@ -84,9 +84,9 @@ class ChatService:
         self, caller: Identity, buyer_id: str, seller_id: str, order_id: str | None
     ) -> tuple[dict[str, Any], bool]:
         if caller.user_id not in (buyer_id, seller_id):
-            raise Forbidden("you can only open a conversation you take part in", code="not_a_participant")
+            raise Forbidden("you can only open a conversation you take part in", code=Code.NOT_A_PARTICIPANT)
         if buyer_id == seller_id:
-            raise InvalidInput("buyer and seller must be different users", code="same_buyer_and_seller")
+            raise InvalidInput("buyer and seller must be different users", code=Code.SAME_BUYER_AND_SELLER)
         conversation, created = await self._conversations.get_or_create(buyer_id, seller_id, order_id)
         return await self._conversation_view(conversation, caller.user_id), created
 
@@ -118,7 +118,7 @@ class ChatService:
         """The conversation if the caller takes part in it; otherwise as if it did not exist."""
         conversation = await self._conversations.get(conversation_id)
         if conversation is None or caller.user_id not in conversation["participants"]:
-            raise NotFound("no such conversation", code="conversation_not_found")
+            raise NotFound("no such conversation", code=Code.CONVERSATION_NOT_FOUND)
         return conversation
 
     async def _conversation_view(self, conversation: Doc, viewer_id: str) -> dict[str, Any]:
@@ -271,7 +271,7 @@ class ChatService:
 
     async def _replayed(self, stored: Doc, conversation_id: str, viewer_id: str) -> dict[str, Any]:
         if stored["conversation_id"] != conversation_id:
-            raise Conflict("this client_id was already used for another conversation", code="client_id_reused")
+            raise Conflict("this client_id was already used for another conversation", code=Code.CLIENT_ID_REUSED)
         described = await self._attachments.describe(stored.get("attachment_ids", []))
         return message_view(stored, viewer_id, described)
 
@@ -331,12 +331,12 @@ class ChatService:
     ) -> dict[str, Any]:
         doc = await self._messages.get(message_id)
         if doc is None:
-            raise NotFound("no such message", code="message_not_found")
+            raise NotFound("no such message", code=Code.MESSAGE_NOT_FOUND)
         conversation = await self.conversation_for(caller, doc["conversation_id"])  # strangers: not found
         if doc["sender_id"] != caller.user_id:
-            raise Forbidden("only the sender can change a message", code="not_the_sender")
+            raise Forbidden("only the sender can change a message", code=Code.NOT_THE_SENDER)
         if doc["kind"] != MessageKind.TEXT:
-            raise Conflict("only text messages can be changed", code="message_not_editable")
+            raise Conflict("only text messages can be changed", code=Code.MESSAGE_NOT_EDITABLE)
         updated, described = await self._apply_change(doc, conversation, event_type, changes_for, extra_events)
         return message_view(updated, caller.user_id, described)
 
@@ -353,7 +353,7 @@ class ChatService:
 
         Returns the changed message and its attachments as described for the fan-out."""
         if doc.get("deleted"):
-            raise Conflict("the message was deleted", code="message_deleted")
+            raise Conflict("the message was deleted", code=Code.MESSAGE_DELETED)
         message_id = doc["_id"]
         async with self._lock_for(doc["conversation_id"]):
             fresh = await self._conversations.get(doc["conversation_id"])
@@ -374,7 +374,7 @@ class ChatService:
             events += extra_events(doc) if extra_events else []
             updated = await self._messages.update(message_id, changes, events, expect={"deleted": False})
             if updated is None:
-                raise Conflict("the message was deleted", code="message_deleted")
+                raise Conflict("the message was deleted", code=Code.MESSAGE_DELETED)
             await self._conversations.touch_activity(doc["conversation_id"], epoch_ms(utc_now()))
             await self._outbox.flush("messages", message_id)
             if updated.get("deleted") and updated.get("attachment_ids"):
@@ -390,7 +390,7 @@ class ChatService:
         """A message as a moderator reviews it: the original text, whatever the recipient saw."""
         doc = await self._messages.get(message_id)
         if doc is None:
-            raise NotFound("no such message", code="message_not_found")
+            raise NotFound("no such message", code=Code.MESSAGE_NOT_FOUND)
         described = await self._attachments.describe(doc.get("attachment_ids", []))
         view = message_view(doc, doc["sender_id"], described)
         view["flag_reasons"] = list(doc.get("flag_reasons") or [])
@@ -402,10 +402,10 @@ class ChatService:
         """Release a flagged or held message (the recipient then sees it), or remove it."""
         doc = await self._messages.get(message_id)
         if doc is None:
-            raise NotFound("no such message", code="message_not_found")
+            raise NotFound("no such message", code=Code.MESSAGE_NOT_FOUND)
         conversation = await self._conversations.get(doc["conversation_id"])
         if conversation is None:  # pragma: no cover - a message never outlives its conversation
-            raise NotFound("no such conversation", code="conversation_not_found")
+            raise NotFound("no such conversation", code=Code.CONVERSATION_NOT_FOUND)
         review = {"decision_id": decision_id, "action": "release" if release else "reject"}
 
         def released(_: Doc) -> dict[str, Any]:
@@ -451,7 +451,7 @@ class ChatService:
         conversation = await self.conversation_for(caller, conversation_id)
         # "Stopped typing" always goes through, so an indicator never sticks on.
         if typing and not self._typing_limits.allow(f"{caller.user_id}:{conversation_id}"):
-            raise RateLimited("typing indicators are limited", code="rate_limited")
+            raise RateLimited("typing indicators are limited", code=Code.RATE_LIMITED)
         await self._notifier.emit(
             "typing",
             {"conversation_id": conversation_id, "user_id": caller.user_id, "typing": typing},
@@ -485,13 +485,13 @@ class ChatService:
         if len(text) > self._settings.message_max_chars:
             raise PayloadTooLarge(
                 f"text is longer than {self._settings.message_max_chars} characters",
-                code="text_too_long",
+                code=Code.TEXT_TOO_LONG,
                 max_chars=self._settings.message_max_chars,
             )
         if not text.strip() and not allow_empty:
-            raise InvalidInput("text must not be empty", code="text_empty")
+            raise InvalidInput("text must not be empty", code=Code.TEXT_EMPTY)
         if "\x00" in text:
-            raise InvalidInput("text must not contain NUL characters", code="invalid_text")
+            raise InvalidInput("text must not contain NUL characters", code=Code.INVALID_TEXT)
         return text
 
     def _take_send_token(self, user_id: str) -> None:

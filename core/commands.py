@@ -10,7 +10,7 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
-from core.errors import InvalidInput
+from core.errors import Code, InvalidInput
 
 Id = Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@\-]+$")]
 # Long enough for any client's own id scheme, short enough to index.
@@ -27,11 +27,11 @@ C = TypeVar("C", bound=Command)
 
 def parse(command: type[C], payload: Any) -> C:
     if not isinstance(payload, dict):
-        raise InvalidInput("the payload must be a JSON object", code="invalid_payload")
+        raise InvalidInput("the payload must be a JSON object", code=Code.INVALID_PAYLOAD)
     try:
         return command.model_validate(payload)
     except ValidationError as exc:
         fields = [{"field": ".".join(str(part) for part in err["loc"]), "problem": err["msg"]} for err in exc.errors()]
         raise InvalidInput(
-            "; ".join(f"{f['field']}: {f['problem']}" for f in fields), code="invalid_payload", fields=fields
+            "; ".join(f"{f['field']}: {f['problem']}" for f in fields), code=Code.INVALID_PAYLOAD, fields=fields
         ) from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from core.errors import InvalidInput
+from core.errors import Code, InvalidInput
 
 
 def encode_cursor(moment_ms: int, item_id: str) -> str:
@@ -17,4 +17,4 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
         moment, item_id = raw.split(":", 1)
         return int(moment), item_id
     except (ValueError, UnicodeDecodeError):
-        raise InvalidInput("the cursor is not valid", code="invalid_cursor") from None
+        raise InvalidInput("the cursor is not valid", code=Code.INVALID_CURSOR) from None

@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from core.errors import InvalidInput, MessengerError, PayloadTooLarge, Unauthenticated
+from core.errors import Code, InvalidInput, MessengerError, PayloadTooLarge, Unauthenticated
 from core.identity import Identity, TokenVerifier
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except MessengerError as exc:
         return error_response(exc, request_id)
     except web.HTTPRequestEntityTooLarge:
-        return error_response(PayloadTooLarge("the request body is too large", code="body_too_large"), request_id)
+        return error_response(PayloadTooLarge("the request body is too large", code=Code.BODY_TOO_LARGE), request_id)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise  # redirects and the like are answers, not errors
@@ -75,7 +75,7 @@ def auth_middleware(verifier: TokenVerifier) -> Middleware:
             header = request.headers.get("Authorization", "")
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
-                raise Unauthenticated("send Authorization: Bearer <token>", code="token_missing")
+                raise Unauthenticated("send Authorization: Bearer <token>", code=Code.TOKEN_MISSING)
             request[IDENTITY] = verifier.verify(token.strip())
         return await handler(request)
 
@@ -122,9 +122,9 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json(loads=json.loads)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InvalidInput("the body must be JSON", code="invalid_json") from None
+        raise InvalidInput("the body must be JSON", code=Code.INVALID_JSON) from None
     if not isinstance(body, dict):
-        raise InvalidInput("the body must be a JSON object", code="invalid_payload")
+        raise InvalidInput("the body must be a JSON object", code=Code.INVALID_PAYLOAD)
     return body
 
 
@@ -137,9 +137,9 @@ def query_int(
     try:
         value = int(raw)
     except ValueError:
-        raise InvalidInput(f"{name} must be an integer", code="invalid_query", field=name) from None
+        raise InvalidInput(f"{name} must be an integer", code=Code.INVALID_QUERY, field=name) from None
     if not minimum <= value <= maximum:
-        raise InvalidInput(f"{name} must be between {minimum} and {maximum}", code="invalid_query", field=name)
+        raise InvalidInput(f"{name} must be between {minimum} and {maximum}", code=Code.INVALID_QUERY, field=name)
     return value
 
 

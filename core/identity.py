@@ -10,7 +10,7 @@ from typing import Any
 import jwt
 
 from config.settings import AuthSettings
-from core.errors import Unauthenticated
+from core.errors import Code, Unauthenticated
 
 USER_ID = re.compile(r"[A-Za-z0-9_.:@\-]{1,128}")
 
@@ -35,7 +35,7 @@ class TokenVerifier:
 
     def verify(self, token: object) -> Identity:
         if not isinstance(token, str) or not token:
-            raise Unauthenticated("a bearer token is required", code="token_missing")
+            raise Unauthenticated("a bearer token is required", code=Code.TOKEN_MISSING)
         try:
             # algorithms is pinned to the configured one so "alg: none" and key confusion fail.
             claims: dict[str, Any] = jwt.decode(
@@ -48,9 +48,9 @@ class TokenVerifier:
                 options={"require": ["exp", "sub"]},
             )
         except jwt.ExpiredSignatureError:
-            raise Unauthenticated("the token has expired", code="token_expired") from None
+            raise Unauthenticated("the token has expired", code=Code.TOKEN_EXPIRED) from None
         except jwt.PyJWTError as exc:
-            raise Unauthenticated(f"the token is not valid: {exc}", code="token_invalid") from None
+            raise Unauthenticated(f"the token is not valid: {exc}", code=Code.TOKEN_INVALID) from None
         return _identity_from_claims(claims)
 
 
@@ -59,12 +59,12 @@ def _identity_from_claims(claims: dict[str, Any]) -> Identity:
     if not isinstance(user_id, str) or not USER_ID.fullmatch(user_id):
         # The same shape as ids in request bodies, so a user who can connect can also take part.
         raise Unauthenticated(
-            "the token's sub claim must be a user id of letters, digits and _ . : @ -", code="token_invalid"
+            "the token's sub claim must be a user id of letters, digits and _ . : @ -", code=Code.TOKEN_INVALID
         )
     name = claims.get("name")
     roles = claims.get("roles") or []
     if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
-        raise Unauthenticated("the token's roles claim must be a list of strings", code="token_invalid")
+        raise Unauthenticated("the token's roles claim must be a list of strings", code=Code.TOKEN_INVALID)
     return Identity(
         user_id=user_id,
         name=name if isinstance(name, str) else None,
@@ -83,7 +83,7 @@ def issue_token(
 ) -> str:
     """Sign a token with the configured HS256 secret, for trying the service without a marketplace."""
     if settings.algorithm != "HS256":
-        raise Unauthenticated("tokens can only be issued with JWT_ALGORITHM=HS256", code="token_issue_unsupported")
+        raise Unauthenticated("tokens can only be issued with JWT_ALGORITHM=HS256", code=Code.TOKEN_ISSUE_UNSUPPORTED)
     now = int(time.time())
     claims: dict[str, Any] = {"sub": user_id, "iat": now, "exp": now + ttl_seconds}
     if name:

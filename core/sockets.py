@@ -16,7 +16,7 @@ from typing import Any
 import socketio
 from aiohttp import web
 
-from core.errors import MessengerError, Unauthenticated
+from core.errors import Code, MessengerError, Unauthenticated
 from core.http import Handler
 from core.identity import Identity
 
@@ -37,9 +37,9 @@ def acked(
             session = await sio.get_session(sid)
             caller: Identity | None = session.get("identity")
             if caller is None:
-                raise Unauthenticated("connect with a token first", code="token_missing")
+                raise Unauthenticated("connect with a token first", code=Code.TOKEN_MISSING)
             if caller.expires_at < time.time():
-                raise Unauthenticated("the token has expired; reconnect with a new one", code="token_expired")
+                raise Unauthenticated("the token has expired; reconnect with a new one", code=Code.TOKEN_EXPIRED)
             return await handler(caller, payload)
         except MessengerError as exc:
             on_error(exc.code)
