@@ -7,9 +7,9 @@ from typing import Annotated, Literal
 from aiohttp import web
 from pydantic import Field, StrictInt, StrictStr
 
-from attachments.deliveries import DeliveryService
-from attachments.moderation import ModerationService
-from attachments.service import AttachmentService
+from attachments.deliveries.service import DeliveryService
+from attachments.files.service import AttachmentService
+from attachments.moderation.service import ModerationService
 from core.commands import Command, Id, parse
 from core.http import API_PREFIX, identity, json_body, ok, query_int
 

@@ -39,6 +39,11 @@ class UploadGone(Exception):
 
 
 class ObjectStorage(Protocol):
+    # Whether the store enforces presigned POST policies (AWS, moto); without them single-part
+    # uploads are presigned PUTs with their length and type signed in.
+    supports_post_policy: bool
+
+    async def presign_put(self, key: str, *, size: int, content_type: str, expires_in: int) -> dict[str, Any]: ...
     async def presign_post(self, key: str, *, size: int, content_type: str, expires_in: int) -> dict[str, Any]: ...
     async def start_multipart(self, key: str, *, content_type: str) -> str: ...
     async def presign_part(self, key: str, upload_id: str, part_number: int, *, size: int, expires_in: int) -> str: ...
@@ -49,7 +54,7 @@ class ObjectStorage(Protocol):
     async def read_range(self, key: str, start: int, length: int) -> bytes: ...
     def stream(self, key: str, *, chunk_size: int) -> AsyncIterator[bytes]: ...
     async def put(self, key: str, body: bytes, *, content_type: str) -> None: ...
-    async def copy(self, source_key: str, target_key: str) -> None: ...
+    async def copy(self, source_key: str, target_key: str, *, size: int | None = None) -> None: ...
     async def delete(self, key: str) -> None: ...
     async def presign_get(
         self, key: str, *, expires_in: int, filename: str | None, content_type: str | None
@@ -63,7 +68,12 @@ def content_disposition(filename: str) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
+MAX_SINGLE_COPY = 5 * 1024**3
+
+
 class S3Storage:
+    supports_post_policy = True
+
     def __init__(self, settings: S3Settings, *, endpoint_url: str | None = None, embedded: bool = False) -> None:
         self._settings = settings
         self._endpoint = endpoint_url or settings.endpoint_url
@@ -126,6 +136,15 @@ class S3Storage:
             ExpiresIn=expires_in,
         )
         return post
+
+    async def presign_put(self, key: str, *, size: int, content_type: str, expires_in: int) -> dict[str, Any]:
+        # Length and type are signed headers: the store refuses a body of any other size or type.
+        url: str = await self._browser_client.generate_presigned_url(
+            "put_object",
+            Params={"Bucket": self.bucket, "Key": key, "ContentType": content_type, "ContentLength": size},
+            ExpiresIn=expires_in,
+        )
+        return {"url": url, "headers": {"Content-Type": content_type}}
 
     async def start_multipart(self, key: str, *, content_type: str) -> str:
         response = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key, ContentType=content_type)
@@ -212,10 +231,13 @@ class S3Storage:
     async def put(self, key: str, body: bytes, *, content_type: str) -> None:
         await self._client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
 
-    async def copy(self, source_key: str, target_key: str) -> None:
-        await self._client.copy_object(
-            Bucket=self.bucket, Key=target_key, CopySource={"Bucket": self.bucket, "Key": source_key}
-        )
+    async def copy(self, source_key: str, target_key: str, *, size: int | None = None) -> None:
+        source = {"Bucket": self.bucket, "Key": source_key}
+        if size is not None and size > MAX_SINGLE_COPY:
+            # CopyObject stops at 5 GiB; the managed copy does it part by part, still inside S3.
+            await self._client.copy(source, self.bucket, target_key)
+            return
+        await self._client.copy_object(Bucket=self.bucket, Key=target_key, CopySource=source)
 
     async def delete(self, key: str) -> None:
         await self._client.delete_object(Bucket=self.bucket, Key=key)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 from core.errors import Code, InvalidInput
+from core.views import View
 
 
 class AttachmentDirectory(Protocol):
@@ -16,7 +17,7 @@ class AttachmentDirectory(Protocol):
 
     async def link_to_message(self, attachment_ids: Sequence[str], message_id: str) -> None: ...
 
-    async def describe(self, attachment_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    async def describe(self, attachment_ids: Sequence[str]) -> dict[str, View]:
         """The current attachment objects, by id."""
 
     async def withdraw(self, attachment_ids: Sequence[str], reason: str) -> None:
@@ -33,7 +34,7 @@ class NoAttachments:
     async def link_to_message(self, attachment_ids: Sequence[str], message_id: str) -> None:
         return None
 
-    async def describe(self, attachment_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    async def describe(self, attachment_ids: Sequence[str]) -> dict[str, View]:
         return {}
 
     async def withdraw(self, attachment_ids: Sequence[str], reason: str) -> None:

@@ -77,5 +77,6 @@ class ChatRoutes:
             raise Forbidden("reading events needs the moderator role", code=Code.MODERATOR_ONLY)
         after = query_int(request, "after", 0) or 0
         limit = query_int(request, "limit", 100, minimum=1, maximum=1000) or 100
-        events = await self._events.read(after=after, limit=limit, event_type=request.query.get("type") or None)
-        return ok({"events": events, "next": str(events[-1]["position"]) if events else str(after)})
+        event_type = request.query.get("type") or None
+        events = await self._events.read(after=after, limit=limit, types=[event_type] if event_type else None)
+        return ok({"events": [e.to_json() for e in events], "next": str(events[-1].position) if events else str(after)})

@@ -7,45 +7,37 @@ conversation that does not exist, so ids cannot be probed.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from enum import StrEnum
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
-from pymongo.errors import DuplicateKeyError
-
-from chat.contact_filter import find_contacts, mask_contacts
+from chat.contact_filter import ContactFinding, find_contacts, mask_contacts
 from chat.locks import ConversationLocks, LocalLocks
 from chat.metrics import ChatMetrics
+from chat.model import Conversation, Message, MessageKind, Review
 from chat.ports import AttachmentDirectory
 from chat.presence import PresenceTracker
 from chat.ratelimit import MinInterval, TokenBuckets
-from chat.store import ConversationStore, Doc, MessageStore, duplicate_key_fields
-from chat.views import conversation_view, message_view, role_of
+from chat.store import ClientIdTaken, ConversationStore, MessageStore, SeqTaken
+from chat.views import conversation_view, message_view
 from config.settings import ChatSettings, ContactPolicy
-from core.clock import epoch_ms, iso, utc_now
+from core.clock import Clock, SystemClock, epoch_ms, iso
 from core.cursors import decode_cursor, encode_cursor
 from core.errors import Code, Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge, RateLimited
-from core.events import OUTBOX_FIELD, Outbox, new_event
+from core.events import Event, new_event
 from core.identity import Identity
 from core.ids import new_id
 from core.notify import Notifier
+from core.views import View
 
 log = logging.getLogger(__name__)
 
 
-class MessageKind(StrEnum):
-    TEXT = "text"
-    DELIVERY = "delivery"
-    SYSTEM = "system"
-
-
 @dataclass(frozen=True)
 class Page:
-    messages: list[dict[str, Any]]
+    messages: list[View]
     has_more: bool
 
 
@@ -55,17 +47,16 @@ class ChatService:
         settings: ChatSettings,
         conversations: ConversationStore,
         messages: MessageStore,
-        outbox: Outbox,
         notifier: Notifier,
         presence: PresenceTracker,
         attachments: AttachmentDirectory,
         metrics: ChatMetrics,
         locks: ConversationLocks | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self._settings = settings
         self._conversations = conversations
         self._messages = messages
-        self._outbox = outbox
         self._notifier = notifier
         self._presence = presence
         self._attachments = attachments
@@ -73,6 +64,7 @@ class ChatService:
         self._send_limits = TokenBuckets(settings.send_rate_per_second, settings.send_burst)
         self._typing_limits = MinInterval(settings.typing_min_interval_seconds)
         self._locks = locks or LocalLocks()
+        self._clock = clock or SystemClock()
 
     def use_attachments(self, attachments: AttachmentDirectory) -> None:
         """Wire in the attachments part (it is built after chat, since it depends on chat)."""
@@ -82,52 +74,53 @@ class ChatService:
 
     async def open_conversation(
         self, caller: Identity, buyer_id: str, seller_id: str, order_id: str | None
-    ) -> tuple[dict[str, Any], bool]:
+    ) -> tuple[View, bool]:
         if caller.user_id not in (buyer_id, seller_id):
             raise Forbidden("you can only open a conversation you take part in", code=Code.NOT_A_PARTICIPANT)
         if buyer_id == seller_id:
             raise InvalidInput("buyer and seller must be different users", code=Code.SAME_BUYER_AND_SELLER)
-        conversation, created = await self._conversations.get_or_create(buyer_id, seller_id, order_id)
+        conversation, created = await self._conversations.get_or_create(
+            buyer_id, seller_id, order_id, now=self._clock.now()
+        )
         return await self._conversation_view(conversation, caller.user_id), created
 
-    async def get_conversation(self, caller: Identity, conversation_id: str) -> dict[str, Any]:
+    async def get_conversation(self, caller: Identity, conversation_id: str) -> View:
         conversation = await self.conversation_for(caller, conversation_id)
         return await self._conversation_view(conversation, caller.user_id)
 
     async def list_conversations(
         self, caller: Identity, *, limit: int, cursor: str | None
-    ) -> tuple[list[dict[str, Any]], str | None]:
+    ) -> tuple[list[View], str | None]:
         limit = max(1, min(limit, 100))
         before = decode_cursor(cursor) if cursor else None
-        docs = await self._conversations.list_for(caller.user_id, limit=limit + 1, before=before)
-        has_more = len(docs) > limit
-        docs = docs[:limit]
-        last_ids = [d["last_message_id"] for d in docs if d.get("last_message_id")]
-        last_messages = {m["_id"]: m for m in await self._messages.get_many(last_ids)} if last_ids else {}
+        found = await self._conversations.list_for(caller.user_id, limit=limit + 1, before=before)
+        has_more = len(found) > limit
+        found = found[:limit]
+        last_ids = [c.last_message_id for c in found if c.last_message_id]
+        last_messages = {m.id: m for m in await self._messages.get_many(last_ids)} if last_ids else {}
         described = await self._attachments.describe(_attachment_ids(last_messages.values()))
         views = []
-        for doc in docs:
-            last = last_messages.get(doc.get("last_message_id") or "")
-            views.append(
-                conversation_view(doc, caller.user_id, message_view(last, caller.user_id, described) if last else None)
-            )
-        next_cursor = encode_cursor(docs[-1]["last_activity_ms"], docs[-1]["_id"]) if has_more else None
+        for conversation in found:
+            last = last_messages.get(conversation.last_message_id or "")
+            last_view = message_view(last, caller.user_id, described) if last else None
+            views.append(conversation_view(conversation, caller.user_id, last_view))
+        next_cursor = encode_cursor(found[-1].last_activity_ms, found[-1].id) if has_more else None
         return views, next_cursor
 
-    async def conversation_for(self, caller: Identity, conversation_id: str) -> Doc:
+    async def conversation_for(self, caller: Identity, conversation_id: str) -> Conversation:
         """The conversation if the caller takes part in it; otherwise as if it did not exist."""
         conversation = await self._conversations.get(conversation_id)
-        if conversation is None or caller.user_id not in conversation["participants"]:
+        if conversation is None or caller.user_id not in conversation.participants:
             raise NotFound("no such conversation", code=Code.CONVERSATION_NOT_FOUND)
         return conversation
 
-    async def _conversation_view(self, conversation: Doc, viewer_id: str) -> dict[str, Any]:
+    async def _conversation_view(self, conversation: Conversation, viewer_id: str) -> View:
         last = None
-        if conversation.get("last_message_id"):
-            doc = await self._messages.get(conversation["last_message_id"])
-            if doc:
-                described = await self._attachments.describe(doc.get("attachment_ids", []))
-                last = message_view(doc, viewer_id, described)
+        if conversation.last_message_id:
+            message = await self._messages.get(conversation.last_message_id)
+            if message:
+                described = await self._attachments.describe(message.attachment_ids)
+                last = message_view(message, viewer_id, described)
         return conversation_view(conversation, viewer_id, last)
 
     # --- messages ------------------------------------------------------------------------
@@ -141,8 +134,8 @@ class ChatService:
         text: str,
         attachment_ids: Sequence[str] = (),
         kind: MessageKind = MessageKind.TEXT,
-        extra: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
+        delivery_id: str | None = None,
+    ) -> View:
         """Store a message durably, then fan it out; a repeated client_id returns the stored one."""
         started = time.perf_counter()
         attachment_ids = list(dict.fromkeys(attachment_ids))
@@ -152,299 +145,259 @@ class ChatService:
         if existing is not None:
             return await self._replayed(existing, conversation_id, caller.user_id)
         # Limited after the idempotency check, so a client retrying a lost ack is never punished.
-        self._take_send_token(caller.user_id)
+        self._send_limits.take(caller.user_id, what="messages")
         await self._attachments.check_attachable(caller.user_id, conversation_id, attachment_ids)
         findings = self._contact_findings(text)
-        recipient = _other(conversation, caller.user_id)
 
-        async with self._lock_for(conversation_id):
-            doc, events = await self._insert_message(
-                conversation, caller.user_id, client_id, text, attachment_ids, kind, findings, extra or {}
+        async with self._locks.hold(conversation_id):
+            stored = await self._insert_message(
+                conversation, caller.user_id, client_id, text, tuple(attachment_ids), kind, findings, delivery_id
             )
-            if events is None:  # the same client_id landed meanwhile (a concurrent retry): it answers
-                return await self._replayed(doc, conversation_id, caller.user_id)
-            now_ms = doc["created_ms"]
+            if stored is None:  # the same client_id landed meanwhile (a concurrent retry): it answers
+                raced = await self._messages.find_by_client_id(caller.user_id, client_id)
+                if raced is None:  # pragma: no cover - the clash means it is stored
+                    raise Conflict("try again", code=Code.ID_COLLISION)
+                return await self._replayed(raced, conversation_id, caller.user_id)
+            message = stored
             await self._conversations.record_message(
-                conversation_id, role_of(conversation, caller.user_id), doc["seq"], doc["_id"], now_ms
+                conversation_id, conversation.role_of(caller.user_id), message.seq, message.id, message.created_ms
             )
             if attachment_ids:
-                await self._attachments.link_to_message(attachment_ids, doc["_id"])
-            await self._outbox.flush("messages", doc["_id"], events)
+                await self._attachments.link_to_message(attachment_ids, message.id)
             described = await self._attachments.describe(attachment_ids)
-            await self._fan_out("message:new", doc, [caller.user_id, recipient], described)
+            await self._fan_out("message:new", message, conversation.participants, described)
 
         self._metrics.messages_sent.labels(kind=str(kind)).inc()
         if findings:
             self._metrics.messages_flagged.inc()
         self._metrics.ack_latency.observe(time.perf_counter() - started)
-        return message_view(doc, caller.user_id, described)
+        return message_view(message, caller.user_id, described)
 
     async def _insert_message(
         self,
-        conversation: Doc,
+        conversation: Conversation,
         sender_id: str,
         client_id: str,
         text: str,
-        attachment_ids: list[str],
+        attachment_ids: tuple[str, ...],
         kind: MessageKind,
-        findings: list[Any],
-        extra: Mapping[str, Any],
-    ) -> tuple[Doc, list[Doc] | None]:
-        """The stored message and its events; events are None when the client_id was already stored."""
-        conversation_id = conversation["_id"]
-        fresh = await self._conversations.get(conversation_id)
-        seq = int((fresh or conversation)["last_seq"]) + 1
-        now = utc_now()
-        message_id = new_id()
-        flag_reasons = sorted({f.kind for f in findings})
+        findings: list[ContactFinding],
+        delivery_id: str | None,
+    ) -> Message | None:
+        """The stored message, with its events; None when the client_id was already stored."""
+        fresh = await self._conversations.get(conversation.id)
+        seq = (fresh or conversation).last_seq + 1
+        now = self._clock.now()
+        flag_reasons = tuple(sorted({f.kind for f in findings}))
         hold = bool(findings) and self._settings.contact_policy is ContactPolicy.HOLD
+        message_id = new_id()
         while True:
-            doc: Doc = {
-                "_id": message_id,
-                "conversation_id": conversation_id,
-                "seq": seq,
-                "sender_id": sender_id,
-                "client_id": client_id,
-                "kind": str(kind),
-                "text": text,
-                "masked_text": mask_contacts(text, findings) if findings else None,
-                "attachment_ids": attachment_ids,
-                "created_at": now,
-                "created_ms": epoch_ms(now),
-                "edited_at": None,
-                "deleted": False,
-                "updated_seq": seq,
-                "flagged": bool(findings),
-                "flag_reasons": flag_reasons,
-                "held": hold,
-                "review": None,
-                **extra,
-            }
-            events = [new_event("message.sent", conversation_id, self._sent_data(doc, conversation), occurred_at=now)]
+            message = Message(
+                id=message_id,
+                conversation_id=conversation.id,
+                seq=seq,
+                sender_id=sender_id,
+                client_id=client_id,
+                kind=kind,
+                text=text,
+                created_at=now,
+                masked_text=mask_contacts(text, findings) if findings else None,
+                attachment_ids=attachment_ids,
+                updated_seq=seq,
+                flagged=bool(findings),
+                flag_reasons=flag_reasons,
+                held=hold,
+                delivery_id=delivery_id,
+            )
+            events = [new_event("message.sent", conversation.id, _sent_data(message, conversation), occurred_at=now)]
             if findings:
-                events.append(
-                    new_event(
-                        "message.flagged",
-                        conversation_id,
-                        {
-                            "message_id": message_id,
-                            "conversation_id": conversation_id,
-                            "sender_id": sender_id,
-                            "seq": seq,
-                            "reasons": flag_reasons,
-                            "policy": str(self._settings.contact_policy),
-                            "held": hold,
-                        },
-                        occurred_at=now,
-                    )
-                )
-            doc[OUTBOX_FIELD] = events
+                events.append(self._flagged_event(message, flag_reasons, held=hold, occurred_at=now))
             try:
-                await self._messages.insert(doc)
-            except DuplicateKeyError as exc:
-                if "client_id" in duplicate_key_fields(exc):
-                    stored = await self._messages.find_by_client_id(sender_id, client_id)
-                    if stored is None:
-                        raise
-                    return stored, None
+                await self._messages.insert(message, events)
+            except ClientIdTaken:
+                return None
+            except SeqTaken:
                 # Another node took this seq: continue after the highest one stored.
-                seq = max(seq, await self._messages.highest_seq(conversation_id)) + 1
+                seq = max(seq, await self._messages.highest_seq(conversation.id)) + 1
                 continue
-            del doc[OUTBOX_FIELD]  # stored with the message; handed back so the flush need not re-read them
-            return doc, events
+            return message
 
-    @staticmethod
-    def _sent_data(doc: Doc, conversation: Doc) -> dict[str, Any]:
-        return {
-            "message_id": doc["_id"],
-            "conversation_id": doc["conversation_id"],
-            "order_id": conversation.get("order_id"),
-            "seq": doc["seq"],
-            "sender_id": doc["sender_id"],
-            "recipient_id": _other(conversation, doc["sender_id"]),
-            "kind": doc["kind"],
-            "text": doc["text"],
-            "attachment_ids": doc["attachment_ids"],
-            "flagged": doc["flagged"],
-            "created_at": iso(doc["created_at"]),
+    def _flagged_event(
+        self, message: Message, reasons: Sequence[str], *, held: bool, occurred_at: Any = None, on_edit: bool = False
+    ) -> Event:
+        data: dict[str, Any] = {
+            "message_id": message.id,
+            "conversation_id": message.conversation_id,
+            "sender_id": message.sender_id,
+            "seq": message.seq,
+            "reasons": list(reasons),
+            "policy": str(self._settings.contact_policy),
+            "held": held,
         }
+        if on_edit:
+            data["on_edit"] = True
+        return new_event("message.flagged", message.conversation_id, data, occurred_at=occurred_at)
 
-    async def _replayed(self, stored: Doc, conversation_id: str, viewer_id: str) -> dict[str, Any]:
-        if stored["conversation_id"] != conversation_id:
+    async def _replayed(self, stored: Message, conversation_id: str, viewer_id: str) -> View:
+        if stored.conversation_id != conversation_id:
             raise Conflict("this client_id was already used for another conversation", code=Code.CLIENT_ID_REUSED)
-        described = await self._attachments.describe(stored.get("attachment_ids", []))
+        described = await self._attachments.describe(stored.attachment_ids)
         return message_view(stored, viewer_id, described)
 
-    async def edit_message(self, caller: Identity, message_id: str, text: str) -> dict[str, Any]:
+    async def edit_message(self, caller: Identity, message_id: str, text: str) -> View:
         text = self._checked_text(text, allow_empty=False)
         findings = self._contact_findings(text)
-        return await self._change_message(
-            caller,
-            message_id,
-            "message.edited",
-            lambda doc: {
-                "text": text,
-                "masked_text": mask_contacts(text, findings) if findings else None,
-                "flagged": bool(findings) or bool(doc.get("flagged")),
-                "flag_reasons": sorted({f.kind for f in findings} | set(doc.get("flag_reasons") or [])),
-                "held": bool(doc.get("held"))
-                or (bool(findings) and self._settings.contact_policy is ContactPolicy.HOLD),
-                "edited_at": utc_now(),
-            },
-            extra_events=lambda doc: (
-                [
-                    new_event(
-                        "message.flagged",
-                        doc["conversation_id"],
-                        {
-                            "message_id": doc["_id"],
-                            "conversation_id": doc["conversation_id"],
-                            "sender_id": doc["sender_id"],
-                            "seq": doc["seq"],
-                            "reasons": sorted({f.kind for f in findings}),
-                            "policy": str(self._settings.contact_policy),
-                            "held": self._settings.contact_policy is ContactPolicy.HOLD,
-                            "on_edit": True,
-                        },
-                    )
-                ]
-                if findings
-                else []
-            ),
-        )
+        hold_now = bool(findings) and self._settings.contact_policy is ContactPolicy.HOLD
+        reasons = tuple(sorted({f.kind for f in findings}))
 
-    async def delete_message(self, caller: Identity, message_id: str) -> dict[str, Any]:
-        return await self._change_message(
-            caller,
-            message_id,
-            "message.deleted",
-            lambda doc: {
-                "text": "",
-                "masked_text": None,
-                "deleted": True,
-                "edited_at": utc_now(),
-            },
-        )
+        def edited(message: Message) -> Message:
+            return replace(
+                message,
+                text=text,
+                masked_text=mask_contacts(text, findings) if findings else None,
+                flagged=bool(findings) or message.flagged,
+                flag_reasons=tuple(sorted(set(reasons) | set(message.flag_reasons))),
+                held=message.held or hold_now,
+                edited_at=self._clock.now(),
+            )
 
-    async def _change_message(
-        self, caller: Identity, message_id: str, event_type: str, changes_for: Any, extra_events: Any = None
-    ) -> dict[str, Any]:
-        doc = await self._messages.get(message_id)
-        if doc is None:
+        def flagged(message: Message) -> list[Event]:
+            return [self._flagged_event(message, reasons, held=hold_now, on_edit=True)] if findings else []
+
+        return await self._change_own_message(caller, message_id, "message.edited", edited, flagged)
+
+    async def delete_message(self, caller: Identity, message_id: str) -> View:
+        def deleted(message: Message) -> Message:
+            return replace(message, text="", masked_text=None, deleted=True, edited_at=self._clock.now())
+
+        return await self._change_own_message(caller, message_id, "message.deleted", deleted)
+
+    async def _change_own_message(
+        self,
+        caller: Identity,
+        message_id: str,
+        event_type: str,
+        change: Callable[[Message], Message],
+        extra_events: Callable[[Message], list[Event]] | None = None,
+    ) -> View:
+        message = await self._messages.get(message_id)
+        if message is None:
             raise NotFound("no such message", code=Code.MESSAGE_NOT_FOUND)
-        conversation = await self.conversation_for(caller, doc["conversation_id"])  # strangers: not found
-        if doc["sender_id"] != caller.user_id:
+        conversation = await self.conversation_for(caller, message.conversation_id)  # strangers: not found
+        if message.sender_id != caller.user_id:
             raise Forbidden("only the sender can change a message", code=Code.NOT_THE_SENDER)
-        if doc["kind"] != MessageKind.TEXT:
+        if message.kind is not MessageKind.TEXT:
             raise Conflict("only text messages can be changed", code=Code.MESSAGE_NOT_EDITABLE)
-        updated, described = await self._apply_change(doc, conversation, event_type, changes_for, extra_events)
+        updated, described = await self._apply_change(message, conversation, event_type, change, extra_events)
         return message_view(updated, caller.user_id, described)
 
     async def _apply_change(
         self,
-        doc: Doc,
-        conversation: Doc,
+        message: Message,
+        conversation: Conversation,
         event_type: str,
-        changes_for: Any,
-        extra_events: Any = None,
+        change: Callable[[Message], Message],
+        extra_events: Callable[[Message], list[Event]] | None = None,
         event_extra: Mapping[str, Any] | None = None,
-    ) -> tuple[Doc, dict[str, dict[str, Any]]]:
+    ) -> tuple[Message, dict[str, View]]:
         """Change a message in place; the change takes the conversation's next seq as updated_seq.
 
         Returns the changed message and its attachments as described for the fan-out."""
-        if doc.get("deleted"):
+        if message.deleted:
             raise Conflict("the message was deleted", code=Code.MESSAGE_DELETED)
-        message_id = doc["_id"]
-        async with self._lock_for(doc["conversation_id"]):
-            fresh = await self._conversations.get(doc["conversation_id"])
+        async with self._locks.hold(message.conversation_id):
+            fresh = await self._conversations.get(message.conversation_id)
             # The change takes the conversation's next sequence number: a client that syncs from
             # the highest seq it has seen therefore sees the change (see docs/architecture.md).
-            updated_seq = int((fresh or conversation)["last_seq"]) + 1
-            changes = {**changes_for(doc), "updated_seq": updated_seq}
+            updated_seq = (fresh or conversation).last_seq + 1
+            changed = replace(change(message), updated_seq=updated_seq)
             data = {
-                "message_id": message_id,
-                "conversation_id": doc["conversation_id"],
-                "seq": doc["seq"],
+                "message_id": message.id,
+                "conversation_id": message.conversation_id,
+                "seq": message.seq,
                 "updated_seq": updated_seq,
-                "sender_id": doc["sender_id"],
-                **({"text": changes["text"]} if event_type == "message.edited" else {}),
+                "sender_id": message.sender_id,
+                **({"text": changed.text} if event_type == "message.edited" else {}),
                 **(event_extra or {}),
             }
-            events = [new_event(event_type, doc["conversation_id"], data)]
-            events += extra_events(doc) if extra_events else []
-            updated = await self._messages.update(message_id, changes, events, expect={"deleted": False})
+            events = [new_event(event_type, message.conversation_id, data)]
+            events += extra_events(message) if extra_events else []
+            updated = await self._messages.save_change(changed, events)
             if updated is None:
                 raise Conflict("the message was deleted", code=Code.MESSAGE_DELETED)
-            await self._conversations.touch_activity(doc["conversation_id"], epoch_ms(utc_now()))
-            await self._outbox.flush("messages", message_id)
-            if updated.get("deleted") and updated.get("attachment_ids"):
+            await self._conversations.touch_activity(message.conversation_id, epoch_ms(self._clock.now()))
+            if updated.deleted and updated.attachment_ids:
                 # A deleted message takes its files with it: nobody may download them any more.
-                await self._attachments.withdraw(updated["attachment_ids"], "message_deleted")
-            described = await self._attachments.describe(updated.get("attachment_ids", []))
-            await self._fan_out("message:updated", updated, conversation["participants"], described)
+                await self._attachments.withdraw(updated.attachment_ids, "message_deleted")
+            described = await self._attachments.describe(updated.attachment_ids)
+            await self._fan_out("message:updated", updated, conversation.participants, described)
         return updated, described
 
-    # --- moderation ----------------------------------------------------------------------
+    # --- moderation (reached by the moderation part through this service only) ------------
 
-    async def message_for_moderation(self, message_id: str) -> dict[str, Any]:
+    async def conversation_of_message(self, message_id: str) -> str | None:
+        message = await self._messages.get(message_id)
+        return message.conversation_id if message else None
+
+    async def message_for_moderation(self, message_id: str) -> View:
         """A message as a moderator reviews it: the original text, whatever the recipient saw."""
-        doc = await self._messages.get(message_id)
-        if doc is None:
+        message = await self._messages.get(message_id)
+        if message is None:
             raise NotFound("no such message", code=Code.MESSAGE_NOT_FOUND)
-        described = await self._attachments.describe(doc.get("attachment_ids", []))
-        view = message_view(doc, doc["sender_id"], described)
-        view["flag_reasons"] = list(doc.get("flag_reasons") or [])
+        described = await self._attachments.describe(message.attachment_ids)
+        view = message_view(message, message.sender_id, described)
+        view["flag_reasons"] = list(message.flag_reasons)
         return view
 
     async def moderate_message(
-        self, message_id: str, *, release: bool, decision_id: str, events: Sequence[Doc] = ()
-    ) -> dict[str, Any]:
+        self, message_id: str, *, release: bool, decision_id: str, events: Sequence[Event] = ()
+    ) -> View:
         """Release a flagged or held message (the recipient then sees it), or remove it."""
-        doc = await self._messages.get(message_id)
-        if doc is None:
+        message = await self._messages.get(message_id)
+        if message is None:
             raise NotFound("no such message", code=Code.MESSAGE_NOT_FOUND)
-        conversation = await self._conversations.get(doc["conversation_id"])
+        conversation = await self._conversations.get(message.conversation_id)
         if conversation is None:  # pragma: no cover - a message never outlives its conversation
             raise NotFound("no such conversation", code=Code.CONVERSATION_NOT_FOUND)
-        review = {"decision_id": decision_id, "action": "release" if release else "reject"}
+        review = Review(decision_id=decision_id, action="release" if release else "reject")
 
-        def released(_: Doc) -> dict[str, Any]:
-            return {"held": False, "review": review}
+        def released(m: Message) -> Message:
+            return replace(m, held=False, review=review)
 
-        def removed(_: Doc) -> dict[str, Any]:
-            return {"text": "", "masked_text": None, "deleted": True, "held": False, "review": review}
+        def removed(m: Message) -> Message:
+            return replace(m, text="", masked_text=None, deleted=True, held=False, review=review)
 
         updated, described = await self._apply_change(
-            doc,
+            message,
             conversation,
             "message.released" if release else "message.deleted",
             released if release else removed,
             extra_events=lambda _: list(events),
             event_extra={"by_moderator": True},
         )
-        return message_view(updated, updated["sender_id"], described)
+        return message_view(updated, updated.sender_id, described)
 
     async def history(
         self, caller: Identity, conversation_id: str, *, after_seq: int | None, before_seq: int | None, limit: int
     ) -> Page:
         await self.conversation_for(caller, conversation_id)
         limit = max(1, min(limit, self._settings.history_page_max))
-        docs, has_more = await self._messages.page(
+        found, has_more = await self._messages.page(
             conversation_id, after_seq=after_seq, before_seq=before_seq, limit=limit
         )
-        described = await self._attachments.describe(_attachment_ids(docs))
-        return Page([message_view(doc, caller.user_id, described) for doc in docs], has_more)
+        described = await self._attachments.describe(_attachment_ids(found))
+        return Page([message_view(m, caller.user_id, described) for m in found], has_more)
 
     async def mark_read(self, caller: Identity, conversation_id: str, seq: int) -> None:
         conversation = await self.conversation_for(caller, conversation_id)
-        seq = min(seq, int(conversation["last_seq"]))
+        seq = min(seq, conversation.last_seq)
         if seq <= 0:
             return
-        if await self._conversations.advance_read(conversation_id, role_of(conversation, caller.user_id), seq):
+        if await self._conversations.advance_read(conversation_id, conversation.role_of(caller.user_id), seq):
             await self._notifier.emit(
                 "receipt",
                 {"conversation_id": conversation_id, "user_id": caller.user_id, "seq": seq},
-                conversation["participants"],
+                conversation.participants,
             )
 
     async def typing(self, caller: Identity, conversation_id: str, typing: bool) -> None:
@@ -455,7 +408,7 @@ class ChatService:
         await self._notifier.emit(
             "typing",
             {"conversation_id": conversation_id, "user_id": caller.user_id, "typing": typing},
-            [_other(conversation, caller.user_id)],
+            [conversation.other(caller.user_id)],
         )
 
     # --- presence ------------------------------------------------------------------------
@@ -474,7 +427,7 @@ class ChatService:
             [status] = await self._presence.status([user_id])
             await self._notifier.emit("presence", status, partners)
 
-    async def presence_of(self, caller: Identity, user_ids: Sequence[str]) -> list[dict[str, Any]]:
+    async def presence_of(self, caller: Identity, user_ids: Sequence[str]) -> list[View]:
         """Presence of the users the caller shares a conversation with (others are not disclosed)."""
         partners = await self._conversations.partners_of(caller.user_id)
         return await self._presence.status([u for u in dict.fromkeys(user_ids) if u in partners or u == caller.user_id])
@@ -494,29 +447,36 @@ class ChatService:
             raise InvalidInput("text must not contain NUL characters", code=Code.INVALID_TEXT)
         return text
 
-    def _take_send_token(self, user_id: str) -> None:
-        self._send_limits.take(user_id, what="messages")
-
-    def _contact_findings(self, text: str) -> list[Any]:
+    def _contact_findings(self, text: str) -> list[ContactFinding]:
         if self._settings.contact_policy is ContactPolicy.OFF or not text:
             return []
         return list(find_contacts(text))
 
-    def _lock_for(self, conversation_id: str) -> contextlib.AbstractAsyncContextManager[None]:
-        return self._locks.hold(conversation_id)
-
     async def _fan_out(
-        self, event: str, doc: Doc, user_ids: Sequence[str], described: Mapping[str, dict[str, Any]]
+        self, event: str, message: Message, user_ids: Sequence[str], described: Mapping[str, View]
     ) -> None:
-        # The recipient's view can differ from the sender's (masked or held text), so each
-        # participant is sent their own; all of a user's sessions share one view.
+        # Pushed under the conversation's lock, before the ack, so every client receives a
+        # conversation's changes in seq order. The recipient's view can differ from the
+        # sender's (masked or held text), so each participant is sent their own.
         for user_id in dict.fromkeys(user_ids):
-            await self._notifier.emit(event, {"message": message_view(doc, user_id, described)}, [user_id])
+            await self._notifier.emit(event, {"message": message_view(message, user_id, described)}, [user_id])
 
 
-def _other(conversation: Doc, user_id: str) -> str:
-    return str(conversation["seller_id"] if conversation["buyer_id"] == user_id else conversation["buyer_id"])
+def _sent_data(message: Message, conversation: Conversation) -> dict[str, Any]:
+    return {
+        "message_id": message.id,
+        "conversation_id": message.conversation_id,
+        "order_id": conversation.order_id,
+        "seq": message.seq,
+        "sender_id": message.sender_id,
+        "recipient_id": conversation.other(message.sender_id),
+        "kind": str(message.kind),
+        "text": message.text,
+        "attachment_ids": list(message.attachment_ids),
+        "flagged": message.flagged,
+        "created_at": iso(message.created_at),
+    }
 
 
-def _attachment_ids(docs: Any) -> list[str]:
-    return [a for doc in docs for a in doc.get("attachment_ids", [])]
+def _attachment_ids(messages: Any) -> list[str]:
+    return [a for message in messages for a in message.attachment_ids]

@@ -3,67 +3,60 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
+from chat.model import Conversation, Message
 from core.clock import iso
+from core.views import View
 
-Doc = Mapping[str, Any]
 
-
-def message_view(doc: Doc, viewer_id: str, attachments: Mapping[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+def message_view(message: Message, viewer_id: str, attachments: Mapping[str, View] | None = None) -> View:
     """A message as `viewer_id` may see it: the recipient never sees held text or unmasked contacts."""
-    text = doc["text"]
-    is_sender = viewer_id == doc["sender_id"]
-    held = bool(doc.get("held")) and not doc.get("deleted")
+    text = message.text
+    is_sender = viewer_id == message.sender_id
+    held = message.held and not message.deleted
     if not is_sender:
         if held:
             text = ""
-        elif doc.get("masked_text") is not None:
-            text = doc["masked_text"]
+        elif message.masked_text is not None:
+            text = message.masked_text
     attachments = attachments or {}
-    view: dict[str, Any] = {
-        "id": doc["_id"],
-        "conversation_id": doc["conversation_id"],
-        "seq": doc["seq"],
-        "sender_id": doc["sender_id"],
-        "client_id": doc["client_id"],
-        "kind": doc["kind"],
+    view: View = {
+        "id": message.id,
+        "conversation_id": message.conversation_id,
+        "seq": message.seq,
+        "sender_id": message.sender_id,
+        "client_id": message.client_id,
+        "kind": str(message.kind),
         "text": text,
         "attachments": []
-        if (held and not is_sender) or doc.get("deleted")
-        else [attachments[a] for a in doc.get("attachment_ids", []) if a in attachments],
-        "created_at": iso(doc["created_at"]),
-        "edited_at": iso(doc.get("edited_at")),
-        "deleted": bool(doc.get("deleted")),
-        "updated_seq": doc.get("updated_seq", doc["seq"]),
+        if (held and not is_sender) or message.deleted
+        else [attachments[a] for a in message.attachment_ids if a in attachments],
+        "created_at": iso(message.created_at),
+        "edited_at": iso(message.edited_at),
+        "deleted": message.deleted,
+        "updated_seq": message.updated_seq,
         "held": held,
-        "contacts_masked": bool(doc.get("masked_text") is not None and not is_sender and not held),
+        "contacts_masked": message.masked_text is not None and not is_sender and not held,
     }
-    if doc.get("delivery_id"):
-        view["delivery_id"] = doc["delivery_id"]
-    if is_sender and doc.get("flag_reasons"):
-        view["flag_reasons"] = list(doc["flag_reasons"])
+    if message.delivery_id:
+        view["delivery_id"] = message.delivery_id
+    if is_sender and message.flag_reasons:
+        view["flag_reasons"] = list(message.flag_reasons)
     return view
 
 
-def role_of(conversation: Doc, user_id: str) -> str:
-    return "buyer" if conversation["buyer_id"] == user_id else "seller"
-
-
-def conversation_view(conversation: Doc, viewer_id: str, last_message: dict[str, Any] | None) -> dict[str, Any]:
-    read = conversation.get("read_seq") or {}
-    own_read = int(read.get(role_of(conversation, viewer_id), 0))
+def conversation_view(conversation: Conversation, viewer_id: str, last_message: View | None) -> View:
     return {
-        "id": conversation["_id"],
-        "buyer_id": conversation["buyer_id"],
-        "seller_id": conversation["seller_id"],
-        "order_id": conversation.get("order_id"),
-        "created_at": iso(conversation["created_at"]),
-        "last_seq": conversation["last_seq"],
+        "id": conversation.id,
+        "buyer_id": conversation.buyer_id,
+        "seller_id": conversation.seller_id,
+        "order_id": conversation.order_id,
+        "created_at": iso(conversation.created_at),
+        "last_seq": conversation.last_seq,
         "last_message": last_message,
-        "unread_count": max(0, int(conversation["last_seq"]) - own_read),
+        "unread_count": max(0, conversation.last_seq - conversation.read_seq_of(viewer_id)),
         "read_seq": {
-            conversation["buyer_id"]: int(read.get("buyer", 0)),
-            conversation["seller_id"]: int(read.get("seller", 0)),
+            conversation.buyer_id: conversation.buyer_read_seq,
+            conversation.seller_id: conversation.seller_read_seq,
         },
     }

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 
 def utc_now() -> datetime:
@@ -20,3 +21,27 @@ def iso(moment: datetime | None) -> str | None:
 
 def epoch_ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
+
+
+class Clock(Protocol):
+    """Where use cases read the time, so tests can move it instead of sleeping."""
+
+    def now(self) -> datetime: ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return utc_now()
+
+
+class FakeClock:
+    """A clock that stands still until a test moves it."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._now = start or datetime(2026, 1, 1, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        self._now += timedelta(seconds=seconds)

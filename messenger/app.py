@@ -20,15 +20,23 @@ import socketio
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from attachments.deliveries import DeliveryService, DeliveryStore
+from attachments.deliveries.model import DeliveryChanged
+from attachments.deliveries.mongo import MongoDeliveryStore
+from attachments.deliveries.service import DeliveryService
+from attachments.deliveries.store import DeliveryStore
 from attachments.embedded_s3 import EmbeddedS3
-from attachments.moderation import ModerationQueue, ModerationService, ModerationStore
+from attachments.files.model import AttachmentChanged, AttachmentStatus
+from attachments.files.mongo import MongoAttachmentStore
+from attachments.files.service import AttachmentService
+from attachments.files.store import AttachmentStore
+from attachments.moderation.mongo import MongoModerationStore
+from attachments.moderation.service import ModerationQueue, ModerationService
+from attachments.moderation.store import ModerationStore
 from attachments.rest import AttachmentRoutes, DeliveryRoutes, ModerationRoutes
-from attachments.service import AttachmentService
 from attachments.storage import S3Storage
-from attachments.store import AttachmentStore
 from chat.locks import LocalLocks, RedisLocks
 from chat.metrics import ChatMetrics
+from chat.mongo import MongoConversationStore, MongoMessageStore
 from chat.ports import NoAttachments
 from chat.presence import LocalPresence, PresenceTracker, RedisPresence
 from chat.rest import ChatRoutes
@@ -36,21 +44,23 @@ from chat.service import ChatService
 from chat.sockets import ChatGateway, SocketNotifier
 from chat.store import ConversationStore, MessageStore
 from config.settings import Settings
-from core.events import EventLog, Outbox
+from core.dispatch import AfterCommit
+from core.events import EventLog
 from core.http import auth_middleware, cors_middleware, errors_middleware
 from core.identity import TokenVerifier
+from core.mongo import MongoEventLog, Outbox
 from core.notify import Notifier
 from core.sockets import without_websocket_compression
 from messenger import __version__
 from messenger.database import Database, open_database
 from messenger.web import WebClient
 from scanner import ClamdClient, ClamdUnavailable, EmbeddedClamd, ScanResult, Verdict
+from workers.mongo import MongoRelayCheckpoints
 from workers.pipeline import AttachmentPipeline, PipelineMetrics, Scanner
 from workers.previews import LocalPreviewRenderer, PreviewRenderer
 
 log = logging.getLogger(__name__)
 
-OUTBOX_COLLECTIONS = ("messages", "attachments", "deliveries", "reports")
 HOUSEKEEPING_INTERVAL_SECONDS = 60
 # A text message is at most a few tens of KB; anything far larger is abuse.
 MAX_SOCKET_PAYLOAD = 256 * 1024
@@ -78,6 +88,7 @@ class Container:
     verifier: TokenVerifier
     events: EventLog
     outbox: Outbox
+    reactions: AfterCommit
     conversations: ConversationStore
     messages: MessageStore
     chat: ChatService
@@ -109,7 +120,6 @@ class Container:
             self.scanner,
             self.previews,
             self.attachments,
-            self.deliveries,
             metrics=self.pipeline_metrics,
             worker_id=worker_id,
         )
@@ -161,8 +171,9 @@ def build_container(settings: Settings, *, notifier: Notifier | None = None, wri
     db = database.db
     registry = CollectorRegistry()
     metrics = ChatMetrics(registry)
-    events = EventLog(db)
-    outbox = Outbox(db, events, OUTBOX_COLLECTIONS)
+    events = MongoEventLog(db)
+    outbox = Outbox(db, events)
+    reactions = AfterCommit()
     redis_client = None
     client_manager = None
     presence: PresenceTracker = LocalPresence()
@@ -184,35 +195,29 @@ def build_container(settings: Settings, *, notifier: Notifier | None = None, wri
     )
     if notifier is None:
         notifier = SocketNotifier(client_manager if write_only and client_manager is not None else sio)
-    conversations = ConversationStore(db)
-    messages = MessageStore(db)
+    conversations: ConversationStore = MongoConversationStore(db)
+    messages: MessageStore = MongoMessageStore(db, outbox)
     # Sends hold their conversation's lock across nodes, so pushes leave in seq order everywhere.
     locks = RedisLocks(redis_client) if redis_client is not None else LocalLocks()
-    chat = ChatService(
-        settings.chat, conversations, messages, outbox, notifier, presence, NoAttachments(), metrics, locks
-    )
+    chat = ChatService(settings.chat, conversations, messages, notifier, presence, NoAttachments(), metrics, locks)
 
     embedded_s3 = EmbeddedS3(settings.s3.embedded_port) if settings.embedded_s3 else None
     storage = S3Storage(
         settings.s3, endpoint_url=embedded_s3.endpoint_url if embedded_s3 else None, embedded=embedded_s3 is not None
     )
-    attachment_store = AttachmentStore(db)
-    attachments = AttachmentService(settings.attachments, attachment_store, storage, chat, outbox, notifier)
+    attachment_store: AttachmentStore = MongoAttachmentStore(db, outbox)
+    attachments = AttachmentService(settings.attachments, attachment_store, storage, chat, reactions, notifier)
     chat.use_attachments(attachments)
-    delivery_store = DeliveryStore(db)
-    deliveries = DeliveryService(delivery_store, chat, attachments, attachment_store, outbox, notifier)
-    moderation_store = ModerationStore(db)
+    delivery_store: DeliveryStore = MongoDeliveryStore(db, outbox)
+    deliveries = DeliveryService(delivery_store, chat, attachments, reactions, notifier)
+    moderation_store: ModerationStore = MongoModerationStore(db, outbox)
     moderation_queue = ModerationQueue(moderation_store, events)
-    moderation = ModerationService(
-        moderation_store,
-        moderation_queue,
-        chat,
-        messages,
-        attachments,
-        attachment_store,
-        deliveries,
-        outbox,
-    )
+    moderation = ModerationService(moderation_store, moderation_queue, chat, attachments)
+    # The in-process reactions to committed changes, registered once (core/dispatch.py). The
+    # pipeline's wake-up is added where an in-process pipeline starts (loops_started).
+    reactions.on(AttachmentChanged, attachments.announce)
+    reactions.on(AttachmentChanged, deliveries.attachment_changed)
+    reactions.on(DeliveryChanged, deliveries.announce)
     previews: PreviewRenderer
     if settings.preview.cloudinary_url:
         from workers.cloudinary_previews import CloudinaryPreviewRenderer
@@ -241,6 +246,7 @@ def build_container(settings: Settings, *, notifier: Notifier | None = None, wri
         verifier=TokenVerifier(settings.auth),
         events=events,
         outbox=outbox,
+        reactions=reactions,
         conversations=conversations,
         messages=messages,
         chat=chat,
@@ -270,12 +276,7 @@ def build_container(settings: Settings, *, notifier: Notifier | None = None, wri
 @contextlib.asynccontextmanager
 async def database_started(container: Container) -> AsyncIterator[None]:
     try:
-        await container.events.ensure_indexes()
-        await container.conversations.ensure_indexes()
-        await container.messages.ensure_indexes()
-        await container.attachment_store.ensure_indexes()
-        await container.delivery_store.ensure_indexes()
-        await container.moderation_store.ensure_indexes()
+        await ensure_schemas(container)
         # A crash may have left events in documents; move them before serving.
         await container.outbox.sweep()
         yield
@@ -332,17 +333,22 @@ async def loops_started(container: Container, *, pipeline: bool, housekeeping: b
 
     spawn("outbox-sweeper", container.outbox.run_sweeper)
     if housekeeping:
-        spawn("upload-expiry", lambda: expire_uploads_forever(container))
+        spawn("housekeeping", lambda: housekeeping_forever(container))
         spawn("moderation-queue", container.moderation_queue.run_forever)
     if pipeline:
         worker = container.pipeline()
-        container.attachments.when_work_is_ready(worker.wake)
+
+        async def wake_pipeline(changed: AttachmentChanged) -> None:
+            if changed.attachment.status in (AttachmentStatus.UPLOADED, AttachmentStatus.CLEAN):
+                worker.wake()
+
+        container.reactions.on(AttachmentChanged, wake_pipeline)
         spawn("pipeline", lambda: worker.run(stop))
     relay = None
     if container.settings.kafka.bootstrap_servers:
         from workers.kafka_relay import KafkaRelay
 
-        relay = KafkaRelay(container.settings.kafka, container.events, container.database.db)
+        relay = KafkaRelay(container.settings.kafka, container.events, MongoRelayCheckpoints(container.database.db))
         spawn("kafka-relay", relay.run_forever)
     try:
         yield
@@ -362,15 +368,32 @@ async def loops_started(container: Container, *, pipeline: bool, housekeeping: b
             await relay.stop()
 
 
-async def expire_uploads_forever(container: Container) -> None:
+async def ensure_schemas(container: Container) -> None:
+    for store in (
+        container.events,
+        container.conversations,
+        container.messages,
+        container.attachment_store,
+        container.delivery_store,
+        container.moderation_store,
+    ):
+        await store.ensure_schema()
+
+
+async def housekeeping_forever(container: Container) -> None:
     while True:
         await asyncio.sleep(HOUSEKEEPING_INTERVAL_SECONDS)
         try:
             expired = await container.attachments.expire_stale_uploads()
             if expired:
                 log.info("expired uploads that were never completed", extra={"count": expired})
+            # Deliveries settle in reaction to their files' changes; this catches any whose
+            # reaction failed (the process died between a file's change and the settling).
+            settled = await container.deliveries.settle_waiting()
+            if settled:
+                log.warning("settled deliveries whose reaction had not run", extra={"count": settled})
         except Exception:
-            log.exception("expiring stale uploads failed; will retry")
+            log.exception("housekeeping failed; will retry")
 
 
 def settle_garbage_collector() -> None:

@@ -6,6 +6,7 @@ database of its own.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import uuid
@@ -17,7 +18,7 @@ import pytest
 from config.settings import Settings, load_settings
 from core.identity import Identity, issue_token
 from core.notify import RecordingNotifier
-from messenger.app import Container, build_container
+from messenger.app import Container, build_container, ensure_schemas
 
 TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 
@@ -69,9 +70,7 @@ class Wired:
 async def wire(settings: Settings) -> Wired:
     notifier = RecordingNotifier()
     container = build_container(settings, notifier=notifier)
-    await container.events.ensure_indexes()
-    await container.conversations.ensure_indexes()
-    await container.messages.ensure_indexes()
+    await ensure_schemas(container)
     return Wired(container, notifier)
 
 
@@ -97,3 +96,15 @@ def wire_with() -> Callable[..., Any]:
 alice = person("alice")  # buyer in most tests
 bob = person("bob")  # seller
 mallory = person("mallory")  # a stranger to their conversations
+
+
+async def logged(log: Any, event_type: str | None = None, *, limit: int = 1000) -> list[dict[str, Any]]:
+    """The event log's events as consumers see them (envelope plus position), optionally of one type."""
+    return [e.to_json() for e in await log.read(limit=limit, types=[event_type] if event_type else None)]
+
+
+def as_doc(record: Any) -> dict[str, Any] | None:
+    """A stored record as a plain dict (with `_id`), for assertions that read like the stored document."""
+    if record is None:
+        return None
+    return {"_id": record.id, **dataclasses.asdict(record)}

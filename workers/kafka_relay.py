@@ -1,15 +1,14 @@
-"""Relays the durable event log (MongoDB `events`) to Kafka topics, at least once, in order per key.
+"""Relays the durable event log to Kafka topics, at least once, in order per key.
 
 Every write in the service appends its events to the event log (see `core.events`); this worker
-reads that log in position order, after a checkpoint it keeps in MongoDB, and publishes each event
-to the topic for its type (`topic_for`), keyed by the event's `key` so that one key always lands
-on one partition. Only once Kafka has acknowledged every event of a batch (acks=all) does the
+reads that log in position order, after a checkpoint it keeps in its store (workers/relay_store.py),
+and publishes each event to the topic for its type (`topic_for`), keyed by the event's `key` so
+that one key always lands on one partition. Only once Kafka has acknowledged every event of a batch (acks=all) does the
 checkpoint move past it, so a crash between the two re-sends the batch rather than skipping it:
 consumers de-duplicate by the event `id`, which is stable across re-sends.
 
 One relay publishes at a time, whatever the number of processes running one: each holds a lease
-in its `relay_checkpoints` document, claimed and renewed with single-document atomic updates (the
-MongoDB used here offers no transactions). A relay without the lease idles, and takes over once
+on its checkpoint, claimed and renewed atomically. A relay without the lease idles, and takes over once
 the holder's lease runs out (or at once when the holder stops cleanly). The checkpoint write is
 conditional on still holding the lease, so a relay that lost it can never move the checkpoint.
 
@@ -27,7 +26,6 @@ docs/events.md).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -41,18 +39,13 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.helpers import create_ssl_context
-from pymongo import ReturnDocument
-from pymongo.errors import DuplicateKeyError
 
 from config.settings import KafkaSettings
-from core.events import EventLog
+from core.events import Event, EventLog
+from workers.relay_store import RelayCheckpoints
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS_COLLECTION = "relay_checkpoints"
-
-# The envelope as consumers see it: the log's `position` is an internal cursor and stays out.
-ENVELOPE_FIELDS = ("id", "type", "version", "occurred_at", "key", "data")
 
 # Event type prefix -> topic suffix; anything not listed goes to "<prefix>.other".
 TOPIC_SUFFIXES: Mapping[str, str] = {
@@ -80,11 +73,6 @@ def topic_for(event_type: str, prefix: str) -> str:
     return f"{prefix}.{TOPIC_SUFFIXES.get(family, OTHER_TOPIC_SUFFIX)}"
 
 
-def envelope(event: Mapping[str, Any]) -> dict[str, Any]:
-    """The event as published: the documented envelope fields only, in a stable order."""
-    return {name: event.get(name) for name in ENVELOPE_FIELDS}
-
-
 def _json_default(value: Any) -> Any:
     # Emitters put ISO strings in events, but a datetime slipping into `data` must not stall the relay.
     if isinstance(value, datetime | date):
@@ -92,13 +80,14 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def encode_value(event: Mapping[str, Any]) -> bytes:
-    return json.dumps(envelope(event), ensure_ascii=False, separators=(",", ":"), default=_json_default).encode()
+def encode_value(event: Event) -> bytes:
+    # The envelope as consumers see it: the log's `position` is an internal cursor and stays out.
+    return json.dumps(event.envelope(), ensure_ascii=False, separators=(",", ":"), default=_json_default).encode()
 
 
-def _headers(event: Mapping[str, Any]) -> list[tuple[str, bytes]]:
+def _headers(event: Event) -> list[tuple[str, bytes]]:
     # Headers let consumers route or de-duplicate without parsing the value.
-    return [("event_id", str(event["id"]).encode()), ("event_type", str(event["type"]).encode())]
+    return [("event_id", event.id.encode()), ("event_type", event.type.encode())]
 
 
 class KafkaRelay:
@@ -108,7 +97,7 @@ class KafkaRelay:
         self,
         settings: KafkaSettings,
         events: EventLog,
-        db: Any,
+        checkpoints: RelayCheckpoints,
         *,
         relay_name: str = "kafka",
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
@@ -120,7 +109,7 @@ class KafkaRelay:
             raise ValueError("KafkaRelay needs KAFKA_BOOTSTRAP_SERVERS; without it events stay in the outbox")
         self._settings = settings
         self._events = events
-        self._checkpoints = db[CHECKPOINTS_COLLECTION]
+        self._checkpoints = checkpoints
         self._name = relay_name
         self._lease_seconds = lease_seconds
         self._backoff_initial = backoff_initial_seconds
@@ -159,9 +148,7 @@ class KafkaRelay:
         await self._close_producer()
         if self._holds_lease:
             try:
-                await self._checkpoints.update_one(
-                    {"_id": self._name, "lease_owner": self.owner_id}, {"$set": {"lease_until": 0.0}}
-                )
+                await self._checkpoints.release(self._name, self.owner_id)
             except Exception:
                 # The lease then simply runs out; another relay takes over a little later.
                 log.warning("kafka relay could not release its lease", exc_info=True)
@@ -236,43 +223,32 @@ class KafkaRelay:
     async def _ensure_checkpoint(self) -> None:
         if self._checkpoint_ready:
             return
-        with contextlib.suppress(DuplicateKeyError):  # already there: resume from it
-            await self._checkpoints.insert_one(
-                {"_id": self._name, "position": 0, "lease_owner": None, "lease_until": 0.0, "updated_at": time.time()}
-            )
+        await self._checkpoints.ensure(self._name)
         self._checkpoint_ready = True
 
     async def _claim_lease(self) -> int | None:
         """Claim or renew the lease; the checkpoint position if this relay holds it, else None."""
         await self._ensure_checkpoint()
-        now = time.time()
-        doc = await self._checkpoints.find_one_and_update(
-            {"_id": self._name, "$or": [{"lease_owner": self.owner_id}, {"lease_until": {"$lt": now}}]},
-            {"$set": {"lease_owner": self.owner_id, "lease_until": now + self._lease_seconds}},
-            return_document=ReturnDocument.AFTER,
+        position = await self._checkpoints.claim(
+            self._name, self.owner_id, now=time.time(), lease_seconds=self._lease_seconds
         )
-        if doc is None:
+        if position is None:
             if self._holds_lease:
                 log.warning("kafka relay %s lost its lease to another relay; idling", self.owner_id)
             self._holds_lease = False
             return None
         if not self._holds_lease:
-            log.info("kafka relay %s holds the lease; publishing from position %s", self.owner_id, doc["position"])
+            log.info("kafka relay %s holds the lease; publishing from position %s", self.owner_id, position)
         self._holds_lease = True
-        return int(doc["position"])
+        return position
 
     async def _advance_checkpoint(self, position: int, sent: int) -> None:
         # Conditional on the lease: a relay that lost it (stalled past its lease) must not move the
         # checkpoint of the one that took over. $max: the checkpoint never moves backwards.
-        result = await self._checkpoints.update_one(
-            {"_id": self._name, "lease_owner": self.owner_id},
-            {
-                "$max": {"position": position},
-                "$set": {"lease_until": time.time() + self._lease_seconds, "updated_at": time.time()},
-                "$inc": {"relayed": sent},
-            },
+        held = await self._checkpoints.advance(
+            self._name, self.owner_id, position, sent, now=time.time(), lease_seconds=self._lease_seconds
         )
-        if result.matched_count == 0:
+        if not held:
             # What was just sent will be sent again by the new holder: duplicates, never a gap.
             log.warning("kafka relay %s lost its lease while publishing; not moving the checkpoint", self.owner_id)
             self._holds_lease = False
@@ -293,23 +269,22 @@ class KafkaRelay:
         if not batch:
             return 0
         await self._publish(producer, batch)
-        await self._advance_checkpoint(int(batch[-1]["position"]), len(batch))
-        log.debug("kafka relay sent positions %s..%s", batch[0]["position"], batch[-1]["position"])
+        await self._advance_checkpoint(int(batch[-1].position or after), len(batch))
+        log.debug("kafka relay sent positions %s..%s", batch[0].position, batch[-1].position)
         return len(batch)
 
-    async def _publish(self, producer: AIOKafkaProducer, batch: Sequence[Mapping[str, Any]]) -> None:
+    async def _publish(self, producer: AIOKafkaProducer, batch: Sequence[Event]) -> None:
         prefix = self._settings.topic_prefix
         deliveries: list[asyncio.Future[Any]] = []
         try:
             # send() only enqueues, in call order: the accumulator keeps that order per partition
             # while batching, which send_and_wait per event (one round trip each) would not need to.
             for event in batch:
-                key = event.get("key")
                 deliveries.append(
                     await producer.send(
-                        topic_for(str(event["type"]), prefix),
+                        topic_for(event.type, prefix),
                         value=encode_value(event),
-                        key=str(key).encode() if key is not None else None,
+                        key=event.key.encode(),
                         headers=_headers(event),
                     )
                 )
@@ -350,4 +325,4 @@ class KafkaRelay:
                 await asyncio.sleep(self._settings.poll_interval_seconds)
 
 
-__all__ = ["CHECKPOINTS_COLLECTION", "KafkaRelay", "encode_value", "envelope", "topic_for"]
+__all__ = ["KafkaRelay", "encode_value", "topic_for"]

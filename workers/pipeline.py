@@ -17,19 +17,19 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from attachments.deliveries import DeliveryService
-from attachments.models import AttachmentStatus
-from attachments.service import AttachmentService
+from attachments.files.model import Attachment, AttachmentStatus, ScanOutcome
+from attachments.files.service import AttachmentService
+from attachments.files.store import AttachmentStore
 from attachments.storage import ObjectStorage
-from attachments.store import AttachmentStore, Doc
 from config.settings import ScannerSettings, WorkerSettings
-from core.clock import iso, utc_now
-from core.events import new_event
+from core.clock import Clock, SystemClock, iso
+from core.events import Event, new_event
 from scanner.verdict import ScanResult, Verdict
 from workers.previews import PreviewFailed, PreviewRenderer, PreviewSource
 
@@ -75,10 +75,10 @@ class AttachmentPipeline:
         scanner: Scanner,
         previews: PreviewRenderer,
         attachments: AttachmentService,
-        deliveries: DeliveryService,
         *,
         metrics: PipelineMetrics | None = None,
         worker_id: str | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self._settings = settings
         self._chunk_size = scanner_settings.chunk_size
@@ -87,7 +87,7 @@ class AttachmentPipeline:
         self._scanner = scanner
         self._previews = previews
         self._attachments = attachments
-        self._deliveries = deliveries
+        self._clock = clock or SystemClock()
         self._metrics = metrics or PipelineMetrics(CollectorRegistry())
         self.worker_id = worker_id or f"worker-{uuid.uuid4().hex[:12]}"
         self._scanner_was_down = False
@@ -145,7 +145,7 @@ class AttachmentPipeline:
         try:
             await self._with_lease(job, self._advance(job))
         except LeaseLost:
-            log.warning("lost the lease; another worker took over", extra={"attachment_id": job["_id"]})
+            log.warning("lost the lease; another worker took over", extra={"attachment_id": job.id})
         return True
 
     async def _scanner_reachable(self) -> bool:
@@ -165,16 +165,16 @@ class AttachmentPipeline:
             return False
         return True
 
-    async def _claim(self, statuses: tuple[AttachmentStatus, ...]) -> Doc | None:
-        now = utc_now()
+    async def _claim(self, statuses: tuple[AttachmentStatus, ...]) -> Attachment | None:
+        now = self._clock.now()
         return await self._store.claim(
             self.worker_id,
-            statuses=[str(s) for s in statuses],
+            statuses=statuses,
             now=now,
             lease_until=now + timedelta(seconds=self._settings.lease_seconds),
         )
 
-    async def _with_lease(self, job: Doc, work: Any) -> None:
+    async def _with_lease(self, job: Attachment, work: Any) -> None:
         """Run `work`, renewing the lease meanwhile; abandon it if the lease is lost."""
         task = asyncio.ensure_future(work)
         interval = self._settings.lease_seconds / 3
@@ -184,9 +184,9 @@ class AttachmentPipeline:
                 if done:
                     task.result()
                     return
-                until = utc_now() + timedelta(seconds=self._settings.lease_seconds)
-                if not await self._store.renew_lease(job["_id"], self.worker_id, until):
-                    raise LeaseLost(job["_id"])
+                until = self._clock.now() + timedelta(seconds=self._settings.lease_seconds)
+                if not await self._store.renew_lease(job.id, self.worker_id, until):
+                    raise LeaseLost(job.id)
         finally:
             if not task.done():
                 task.cancel()
@@ -195,22 +195,18 @@ class AttachmentPipeline:
 
     # --- the stages --------------------------------------------------------------------------
 
-    async def _advance(self, job: Doc) -> None:
-        current: Doc | None = job
-        if job["status"] in SCAN_STATUSES:
+    async def _advance(self, job: Attachment) -> None:
+        current: Attachment | None = job
+        if job.status in SCAN_STATUSES:
             current = await self._scan(job)
-        if current is not None and current["status"] == AttachmentStatus.CLEAN:
+        if current is not None and current.status is AttachmentStatus.CLEAN:
             await self._preview(current)
 
-    async def _scan(self, job: Doc) -> Doc | None:
-        scanning = await self._move(
-            job, [AttachmentStatus.UPLOADED, AttachmentStatus.SCANNING], {"status": str(AttachmentStatus.SCANNING)}
-        )
-        if scanning["status"] != job["status"]:
-            await self._attachments.publish(scanning)
+    async def _scan(self, job: Attachment) -> Attachment | None:
+        scanning = await self._move(job, AttachmentStatus.SCANNING, {}, from_statuses=SCAN_STATUSES)
         started = time.perf_counter()
         try:
-            result = await self._scanner.scan_stream(self._storage.stream(job["key"], chunk_size=self._chunk_size))
+            result = await self._scanner.scan_stream(self._storage.stream(job.key, chunk_size=self._chunk_size))
         except Exception as exc:  # S3 failing mid-stream, for one
             result = ScanResult(Verdict.ERROR, reason=f"{type(exc).__name__}: {exc}")
         self._metrics.scans.labels(verdict=str(result.verdict)).inc()
@@ -218,169 +214,112 @@ class AttachmentPipeline:
             await self._retry_or_fail(scanning, result)
             return None
         self._metrics.scan_seconds.observe(time.perf_counter() - started)
-        now = utc_now()
-        scan = {
-            "verdict": str(result.verdict),
-            "signature": result.signature,
-            "reason": result.reason,
-            "scanned_at": now,
-        }
+        now = self._clock.now()
+        scan = ScanOutcome(str(result.verdict), result.signature, result.reason, now)
         scanned = new_event(
             "attachment.scanned",
-            job["conversation_id"],
-            {
-                **self._ids(job),
-                "verdict": str(result.verdict),
-                "signature": result.signature,
-                "reason": result.reason,
-            },
+            job.conversation_id,
+            {**self._ids(job), "verdict": str(result.verdict), "signature": result.signature, "reason": result.reason},
             occurred_at=now,
         )
         if result.verdict is Verdict.CLEAN:
-            moved = await self._move(
-                scanning, [AttachmentStatus.SCANNING], {"status": str(AttachmentStatus.CLEAN), "scan": scan}, [scanned]
-            )
-            await self._attachments.publish(moved)
-            return moved
+            return await self._move(scanning, AttachmentStatus.CLEAN, {"scan": scan}, [scanned])
         if result.verdict is Verdict.INFECTED:
-            # Made unreachable first: the original key must not hold the bytes once we say "infected".
-            quarantine_key = QUARANTINE_PREFIX + job["key"]
-            await self._storage.copy(job["key"], quarantine_key)
-            await self._storage.delete(job["key"])
+            # Made unreachable first: the file key must not hold the bytes once we say "infected".
+            quarantine_key = QUARANTINE_PREFIX + job.key
+            await self._storage.copy(job.key, quarantine_key, size=job.size)
+            await self._storage.delete(job.key)
             quarantined = new_event(
                 "attachment.quarantined",
-                job["conversation_id"],
-                {
-                    **self._ids(job),
-                    "signature": result.signature,
-                },
+                job.conversation_id,
+                {**self._ids(job), "signature": result.signature},
                 occurred_at=now,
             )
-            moved = await self._move(
-                scanning,
-                [AttachmentStatus.SCANNING],
-                {"status": str(AttachmentStatus.INFECTED), "scan": scan, "key": quarantine_key, "quarantined_at": now},
-                [scanned, quarantined],
-                release=True,
-            )
+            changes: dict[str, Any] = {"scan": scan, "key": quarantine_key, "quarantined_at": now}
+            await self._move(scanning, AttachmentStatus.INFECTED, changes, [scanned, quarantined], release=True)
         else:  # unscannable: too large, encrypted, over the archive limits: a person decides
-            moved = await self._move(
-                scanning,
-                [AttachmentStatus.SCANNING],
-                {"status": str(AttachmentStatus.NEEDS_REVIEW), "scan": scan},
-                [scanned],
-                release=True,
-            )
-        await self._attachments.publish(moved)
-        await self._deliveries.attachment_settled(job["_id"])
+            await self._move(scanning, AttachmentStatus.NEEDS_REVIEW, {"scan": scan}, [scanned], release=True)
         return None
 
-    async def _retry_or_fail(self, job: Doc, result: ScanResult) -> None:
+    async def _retry_or_fail(self, job: Attachment, result: ScanResult) -> None:
         if not await self._scanner.ping() or not await self._storage_reachable():
             # clamd or S3 went away mid-scan: not the file's fault, so the attempt does not count.
-            moved = await self._move(
-                job,
-                [AttachmentStatus.SCANNING],
-                {"status": str(AttachmentStatus.UPLOADED), "attempts": max(0, job.get("attempts", 1) - 1)},
-                release=True,
-            )
-            await self._attachments.publish(moved)
+            await self._move(job, AttachmentStatus.UPLOADED, {"attempts": max(0, job.attempts - 1)}, release=True)
             return
-        attempts = int(job.get("attempts", 1))
-        log.warning("scan failed: %s", result.reason, extra={"attachment_id": job["_id"], "attempt": attempts})
+        attempts = max(1, job.attempts)
+        log.warning("scan failed: %s", result.reason, extra={"attachment_id": job.id, "attempt": attempts})
         if attempts >= self._settings.max_attempts:
+            now = self._clock.now()
             event = new_event(
                 "attachment.scanned",
-                job["conversation_id"],
+                job.conversation_id,
                 {**self._ids(job), "verdict": "error", "signature": None, "reason": result.reason},
+                occurred_at=now,
             )
-            moved = await self._move(
-                job,
-                [AttachmentStatus.SCANNING],
-                {
-                    "status": str(AttachmentStatus.FAILED),
-                    "scan": {"verdict": "error", "signature": None, "reason": result.reason, "scanned_at": utc_now()},
-                },
-                [event],
-                release=True,
-            )
-            await self._attachments.publish(moved)
-            await self._deliveries.attachment_settled(job["_id"])
+            scan = ScanOutcome("error", None, result.reason, now)
+            await self._move(job, AttachmentStatus.FAILED, {"scan": scan}, [event], release=True)
             return
         backoff = self._settings.backoff_base_seconds * 2 ** (attempts - 1)
-        moved = await self._move(
-            job,
-            [AttachmentStatus.SCANNING],
-            {"status": str(AttachmentStatus.UPLOADED), "next_attempt_at": utc_now() + timedelta(seconds=backoff)},
-            release=True,
-        )
-        await self._attachments.publish(moved)
+        retry_at = self._clock.now() + timedelta(seconds=backoff)
+        await self._move(job, AttachmentStatus.UPLOADED, {"next_attempt_at": retry_at}, release=True)
 
-    async def _preview(self, job: Doc) -> None:
-        source = PreviewSource(job["_id"], job["key"], job["content_type"], job["size"], job["filename"])
-        changes: dict[str, Any] = {"status": str(AttachmentStatus.READY)}
+    async def _preview(self, job: Attachment) -> None:
+        source = PreviewSource(job.id, job.key, job.content_type, job.size, job.filename)
+        changes: dict[str, Any] = {}
         try:
             preview = await self._previews.render(source)
             self._metrics.previews.labels(outcome="made" if preview else "not_applicable").inc()
         except PreviewFailed as exc:
             self._metrics.previews.labels(outcome="failed").inc()
-            tries = int(job.get("preview_attempts", 0)) + 1
+            tries = job.preview_attempts + 1
             if tries < MAX_PREVIEW_ATTEMPTS:
+                retry_at = self._clock.now() + timedelta(seconds=self._settings.backoff_base_seconds * tries)
                 await self._move(
-                    job,
-                    [AttachmentStatus.CLEAN],
-                    {
-                        "preview_attempts": tries,
-                        "next_attempt_at": utc_now() + timedelta(seconds=self._settings.backoff_base_seconds * tries),
-                    },
-                    release=True,
+                    job, AttachmentStatus.CLEAN, {"preview_attempts": tries, "next_attempt_at": retry_at}, release=True
                 )
                 return
             log.warning(
                 "no preview after retries; releasing without one",
-                extra={"attachment_id": job["_id"], "reason": str(exc)},
+                extra={"attachment_id": job.id, "reason": str(exc)},
             )
             preview = None
         if preview is not None:
-            changes.update(
-                {"preview_key": preview.key, "preview_url": preview.url, "preview_type": preview.content_type}
-            )
-        view = await self._attachments.view({**job, **changes})
+            changes = {"preview_key": preview.key, "preview_url": preview.url, "preview_type": preview.content_type}
+        view = await self._attachments.view(replace(job, status=AttachmentStatus.READY, **changes))
         event = new_event(
-            "attachment.ready", job["conversation_id"], {**self._ids(job), "preview_url": view["preview_url"]}
+            "attachment.ready", job.conversation_id, {**self._ids(job), "preview_url": view["preview_url"]}
         )
-        ready = await self._move(job, [AttachmentStatus.CLEAN], changes, [event], release=True)
-        await self._attachments.publish(ready)
-        await self._deliveries.attachment_settled(job["_id"])
+        await self._move(job, AttachmentStatus.READY, changes, [event], release=True)
 
     # --- helpers -----------------------------------------------------------------------------
 
     async def _move(
         self,
-        job: Doc,
-        from_statuses: list[AttachmentStatus],
+        job: Attachment,
+        to: AttachmentStatus,
         changes: Mapping[str, Any],
-        events: list[Doc] | None = None,
+        events: list[Event] | None = None,
         *,
+        from_statuses: tuple[AttachmentStatus, ...] | None = None,
         release: bool = False,
-    ) -> Doc:
-        """A transition fenced by our lease; with `release`, the job is handed back as well."""
-        moved = await self._store.transition(
-            job["_id"],
+    ) -> Attachment:
+        """A move fenced by our lease; with `release`, the job is handed back as well."""
+        moved = await self._attachments.move(
+            job,
+            to,
+            {**changes, **({"lease_owner": None, "lease_until": None} if release else {})},
+            events or [],
             from_statuses=from_statuses,
-            changes={**changes, **({"lease_owner": None, "lease_until": None} if release else {})},
-            events=events or [],
-            extra_query={"lease_owner": self.worker_id},
+            lease_owner=self.worker_id,
         )
         if moved is None:
-            raise LeaseLost(job["_id"])
+            raise LeaseLost(job.id)
         return moved
 
-    @staticmethod
-    def _ids(job: Mapping[str, Any]) -> dict[str, Any]:
+    def _ids(self, job: Attachment) -> dict[str, Any]:
         return {
-            "attachment_id": job["_id"],
-            "conversation_id": job["conversation_id"],
-            "uploader_id": job["uploader_id"],
-            "at": iso(utc_now()),
+            "attachment_id": job.id,
+            "conversation_id": job.conversation_id,
+            "uploader_id": job.uploader_id,
+            "at": iso(self._clock.now()),
         }

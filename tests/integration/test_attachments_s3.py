@@ -16,9 +16,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 from PIL import Image
 
-from attachments.models import AttachmentStatus
+from attachments.files.model import AttachmentStatus
 from messenger.app import CONTAINER, create_app
-from tests.conftest import make_settings, person
+from tests.conftest import as_doc, logged, make_settings, person
 
 API = "/api/v1"
 MiB = 1024 * 1024
@@ -84,8 +84,8 @@ class Chat:
         await post_to_s3(grant["upload"], content, content_type)
         return dict(grant)
 
-    def status_in_store(self, attachment_id: str) -> Any:
-        return self.client.app[CONTAINER].attachment_store.get(attachment_id)
+    async def status_in_store(self, attachment_id: str) -> Any:
+        return as_doc(await self.client.app[CONTAINER].attachment_store.get(attachment_id))
 
 
 async def post_to_s3(upload: dict[str, Any], content: bytes, content_type: str) -> int:
@@ -108,8 +108,8 @@ async def put_part(url: str, data: bytes) -> str:
 async def mark_clean(client: TestClient, attachment_id: str) -> None:
     """Stands in for the scanning pipeline: a store-level transition to clean."""
     store = client.app[CONTAINER].attachment_store
-    moved = await store.transition(
-        attachment_id, from_statuses=[AttachmentStatus.UPLOADED], changes={"status": "clean"}
+    moved = await store.move(
+        attachment_id, from_statuses=[AttachmentStatus.UPLOADED], changes={"status": AttachmentStatus.CLEAN}
     )
     assert moved is not None
 
@@ -139,7 +139,7 @@ async def test_presigned_post_upload_is_verified_then_downloadable_by_both_parti
 
     again = await chat.complete(attachment["id"])  # completing twice is harmless
     assert again.status == 200 and (await again.json())["status"] == "uploaded"
-    events = await chat.client.app[CONTAINER].events.read(event_type="attachment.uploaded")
+    events = await logged(chat.client.app[CONTAINER].events, "attachment.uploaded")
     assert [e["data"]["attachment_id"] for e in events] == [attachment["id"]]
 
     for user in ("buyer", "seller"):

@@ -128,7 +128,7 @@ async def request_grant(chat: Chat, **overrides: Any) -> dict[str, Any]:
 async def assert_nothing_uploaded(chat: Chat, grant: dict[str, Any]) -> None:
     """Nothing is in S3 under the grant's key, and the service says so and keeps waiting."""
     attachment_id = grant["attachment"]["id"]
-    key = f"conversations/{chat.conversation_id}/{attachment_id}"
+    key = f"uploads/conversations/{chat.conversation_id}/{attachment_id}"
     assert await chat.client.app[CONTAINER].storage.head(key) is None
     response = await chat.complete(attachment_id)
     assert response.status == 409 and (await response.json())["error"]["code"] == "upload_missing"
@@ -153,7 +153,11 @@ async def test_post_of_exactly_the_declared_file_is_accepted_and_completes(
     assert completed.status == 200, await completed.text()
     body = await completed.json()
     assert (body["status"], body["size"], body["content_type"]) == ("uploaded", len(content), "image/png")
-    stored = await chat.client.app[CONTAINER].storage.head(grant["upload"]["fields"]["key"])
+    container = chat.client.app[CONTAINER]
+    # The verified bytes now live under the file key, which no grant can write; the grant's key is empty.
+    record = await container.attachment_store.get(grant["attachment"]["id"])
+    assert record is not None and await container.storage.head(grant["upload"]["fields"]["key"]) is None
+    stored = await container.storage.head(record.key)
     assert stored is not None and (stored.size, stored.content_type) == (len(content), "image/png")
 
 
@@ -194,7 +198,8 @@ async def test_post_grant_cannot_overwrite_another_attachment(open_chat: OpenCha
     victim = await request_grant(chat, size=len(original), content_type="image/png")
     assert (await browser_post(victim["upload"], original, content_type="image/png")).status in OK_STATUSES
     assert (await chat.complete(victim["attachment"]["id"])).status == 200
-    victim_key = victim["upload"]["fields"]["key"]
+    # Where the victim's verified bytes live once complete (the file key, not the grant's key).
+    victim_key = f"conversations/{chat.conversation_id}/{victim['attachment']['id']}"
 
     # A second grant of the same size and type, its key field pointed at the first file.
     forged = png_bytes((32, 32))[:-8] + b"EVILEVIL"
@@ -244,7 +249,7 @@ async def test_part_urls_are_bound_to_their_part_and_upload(open_chat: OpenChat,
     assert upload["method"] == "MULTIPART" and upload["part_size"] == part_size and len(upload["parts"]) == 3
     urls = {p["part_number"]: p["url"] for p in upload["parts"]}
     chunks = {n: content[(n - 1) * part_size : n * part_size] for n in urls}
-    key = f"conversations/{chat.conversation_id}/{grant['attachment']['id']}"
+    key = f"uploads/conversations/{chat.conversation_id}/{grant['attachment']['id']}"
     storage = chat.client.app[CONTAINER].storage
 
     # Part 1's URL cannot write part 2...
@@ -270,9 +275,10 @@ async def test_part_urls_are_bound_to_their_part_and_upload(open_chat: OpenChat,
     done = await chat.complete(grant["attachment"]["id"], parts=receipts)
     assert done.status == 200, await done.text()
     assert (await done.json())["status"] == "uploaded"
-    stored = await storage.head(key)
+    verified = key.removeprefix("uploads/")  # copied, inside S3, to the key no grant can write
+    stored = await storage.head(verified)
     assert stored is not None and (stored.size, stored.content_type) == (len(content), "application/pdf")
-    assert await storage.read_range(key, part_size - 4, 8) == content[part_size - 4 : part_size + 4]
+    assert await storage.read_range(verified, part_size - 4, 8) == content[part_size - 4 : part_size + 4]
 
 
 # --- presigned GET ------------------------------------------------------------------------

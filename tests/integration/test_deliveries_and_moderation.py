@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from attachments.files.model import AttachmentStatus, ScanOutcome
 from core.identity import issue_token
 from messenger.app import create_app
 from tests.conftest import make_settings, person
@@ -212,8 +213,10 @@ async def test_file_decisions_release_reviewed_files_and_never_infected_ones(h: 
     assert await h.c.storage.head(doc["key"]) is None  # the quarantined copy is gone too
 
     reviewed = await h.seed_uploaded(b"\x00" * 10, "odd.bin")
-    await h.c.attachment_store.transition(
-        reviewed, from_statuses=["uploaded"], changes={"status": "needs_review", "scan": {"verdict": "unscannable"}}
+    await h.c.attachment_store.move(
+        reviewed,
+        from_statuses=[AttachmentStatus.UPLOADED],
+        changes={"status": AttachmentStatus.NEEDS_REVIEW, "scan": ScanOutcome("unscannable", None, None, None)},
     )
     status, body = await call(
         h,

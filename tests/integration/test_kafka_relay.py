@@ -25,11 +25,13 @@ from mongomock_motor import AsyncMongoMockClient
 
 import workers.kafka_relay as kafka_relay
 from config.settings import KafkaSettings
-from core.events import EventLog, new_event
-from tests.conftest import Wired
+from core.events import new_event
+from core.mongo import MongoEventLog
+from tests.conftest import Wired, logged
 from tests.integration import kafka_broker
 from tests.integration.kafka_broker import TansuBroker
-from workers.kafka_relay import CHECKPOINTS_COLLECTION, KafkaRelay, topic_for
+from workers.kafka_relay import KafkaRelay, topic_for
+from workers.mongo import CHECKPOINTS_COLLECTION, MongoRelayCheckpoints
 
 # The module-scoped broker fixtures (one tansu for the whole module).
 tansu = kafka_broker.tansu
@@ -57,7 +59,7 @@ def settings_for(bootstrap: str, **overrides: Any) -> KafkaSettings:
 
 
 def relay_for(settings: KafkaSettings, wired: Wired, **kwargs: Any) -> KafkaRelay:
-    return KafkaRelay(settings, wired.events, wired.container.database.db, **kwargs)
+    return KafkaRelay(settings, wired.events, MongoRelayCheckpoints(wired.container.database.db), **kwargs)
 
 
 async def drain(relay: KafkaRelay) -> int:
@@ -112,7 +114,7 @@ async def append_messages(wired: Wired, count: int, keys: int = 5, start: int = 
     events = [new_event("message.sent", f"conv-{n % keys}", {"n": n}) for n in range(start, start + count)]
     for event in events:
         await wired.events.append([event])
-    return events
+    return [e.envelope() for e in events]
 
 
 async def checkpoint(wired: Wired) -> dict[str, Any]:
@@ -186,10 +188,10 @@ async def test_producer_is_idempotent_with_acks_all_by_default(monkeypatch: pyte
     monkeypatch.setattr(kafka_relay, "AIOKafkaProducer", RecordingProducer)
     RecordingProducer.instances.clear()
     db: Any = AsyncMongoMockClient()["relay_unit"]
-    events = EventLog(db)
+    events = MongoEventLog(db)
     event = new_event("message.sent", "conv-1", {"text": "hi"})
     await events.append([event])
-    relay = KafkaRelay(KafkaSettings(bootstrap_servers="127.0.0.1:9"), events, db)
+    relay = KafkaRelay(KafkaSettings(bootstrap_servers="127.0.0.1:9"), events, MongoRelayCheckpoints(db))
     await relay.start()
     assert await relay.relay_once() == 1
     await relay.stop()
@@ -200,15 +202,15 @@ async def test_producer_is_idempotent_with_acks_all_by_default(monkeypatch: pyte
     assert producer.kwargs["bootstrap_servers"] == "127.0.0.1:9"
     [sent] = producer.sent
     assert sent["topic"] == "messenger.messages" and sent["key"] == b"conv-1"
-    assert json.loads(sent["value"]) == {k: event[k] for k in ("id", "type", "version", "occurred_at", "key", "data")}
-    assert dict(sent["headers"]) == {"event_id": event["id"].encode(), "event_type": b"message.sent"}
+    assert json.loads(sent["value"]) == event.envelope()
+    assert dict(sent["headers"]) == {"event_id": event.id.encode(), "event_type": b"message.sent"}
 
 
 def test_idempotence_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KAFKA_IDEMPOTENCE", "false")
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka:9092")
     db: Any = AsyncMongoMockClient()["relay_unit"]
-    relay = KafkaRelay(KafkaSettings(), EventLog(db), db)
+    relay = KafkaRelay(KafkaSettings(), MongoEventLog(db), MongoRelayCheckpoints(db))
     assert relay._producer_options()["enable_idempotence"] is False
     assert relay._producer_options()["security_protocol"] == "PLAINTEXT"
 
@@ -222,7 +224,7 @@ def test_tls_and_sasl_reach_the_producer() -> None:
         sasl_username="relay",
         sasl_password="secret",
     )
-    options = KafkaRelay(settings, EventLog(db), db)._producer_options()
+    options = KafkaRelay(settings, MongoEventLog(db), MongoRelayCheckpoints(db))._producer_options()
     assert options["security_protocol"] == "SASL_SSL" and options["ssl_context"] is not None
     assert (options["sasl_mechanism"], options["sasl_plain_username"], options["sasl_plain_password"]) == (
         "SCRAM-SHA-512",
@@ -265,9 +267,9 @@ async def test_events_arrive_once_on_their_topics_keyed_and_in_order_per_key(
     )
     by_id = {r.value["id"]: r for r in received}
     assert len(received) == len(by_id) == 54  # each exactly once
-    logged = {e["id"]: e for e in await wired.events.read(limit=100)}
+    in_log = {e["id"]: e for e in await logged(wired.events, limit=100)}
     for event_id, r in by_id.items():
-        event = logged[event_id]
+        event = in_log[event_id]
         assert r.topic == topic_for(event["type"], settings.topic_prefix)
         assert r.key == event["key"]
         assert r.value == {k: event[k] for k in ("id", "type", "version", "occurred_at", "key", "data")}
@@ -318,7 +320,9 @@ class CrashBeforeCheckpoint(KafkaRelay):
 async def test_a_crash_before_the_checkpoint_resends_and_loses_nothing(kafka_bootstrap: str, wired: Wired) -> None:
     settings = settings_for(kafka_bootstrap, batch_size=10)
     events = await append_messages(wired, 25)
-    crashing = CrashBeforeCheckpoint(settings, wired.events, wired.container.database.db, lease_seconds=0.3)
+    crashing = CrashBeforeCheckpoint(
+        settings, wired.events, MongoRelayCheckpoints(wired.container.database.db), lease_seconds=0.3
+    )
     await crashing.start()
     assert await crashing.relay_once() == 10
     assert await crashing.relay_once() == 10

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from core.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge, RateLimited
-from tests.conftest import Wired, alice, bob, mallory, person
+from tests.conftest import Wired, alice, bob, logged, mallory, person
 
 
 async def open_chat(w: Wired, order_id: str | None = None) -> str:
@@ -54,7 +54,7 @@ async def test_same_client_id_returns_the_stored_message_and_creates_nothing(wir
     page = await wired.chat.history(alice, cid, after_seq=0, before_seq=None, limit=50)
     assert len(page.messages) == 1
     assert len(wired.notifier.received_by("bob", "message:new")) == 1
-    sent_events = await wired.events.read(event_type="message.sent")
+    sent_events = await logged(wired.events, "message.sent")
     assert len(sent_events) == 1
 
 
@@ -75,7 +75,7 @@ async def test_200_concurrent_sends_get_seq_1_to_200_without_gaps(wire_with: Any
     assert sorted(m["seq"] for m in results) == list(range(1, 201))
     conversation = await w.chat.get_conversation(alice, cid)
     assert conversation["last_seq"] == 200
-    events = await w.events.read(limit=1000, event_type="message.sent")
+    events = await logged(w.events, "message.sent")
     assert sorted(e["data"]["seq"] for e in events) == list(range(1, 201))
     # events leave in seq order for their key (the conversation)
     assert [e["data"]["seq"] for e in events] == list(range(1, 201))
@@ -131,7 +131,7 @@ async def test_text_limits(wire_with: Any) -> None:
     with pytest.raises(InvalidInput):
         await send(w, alice, cid, "   ")
     assert (await send(w, alice, cid, "x" * 10))["seq"] == 1
-    assert (await w.events.read()) and len(await w.events.read(event_type="message.sent")) == 1
+    assert (await logged(w.events)) and len(await logged(w.events, "message.sent")) == 1
 
 
 async def test_send_rate_limit_allows_a_burst_then_refuses(wire_with: Any) -> None:
@@ -199,7 +199,7 @@ async def test_contact_details_are_masked_for_the_recipient_and_flagged(wired: W
     assert "alice@example.com" not in received["message"]["text"] and received["message"]["contacts_masked"]
     page = await wired.chat.history(bob, cid, after_seq=0, before_seq=None, limit=10)
     assert "alice@example.com" not in page.messages[0]["text"]
-    [flag] = await wired.events.read(event_type="message.flagged")
+    [flag] = await logged(wired.events, "message.flagged")
     assert flag["data"]["message_id"] == sent["id"] and "email" in flag["data"]["reasons"]
 
 
@@ -217,7 +217,7 @@ async def test_off_policy_flags_nothing(wire_with: Any) -> None:
     w = await wire_with(chat={"contact_policy": "off"})
     cid = await open_chat(w)
     await send(w, alice, cid, "alice@example.com")
-    assert await w.events.read(event_type="message.flagged") == []
+    assert await logged(w.events, "message.flagged") == []
     page = await w.chat.history(bob, cid, after_seq=0, before_seq=None, limit=10)
     assert page.messages[0]["text"] == "alice@example.com"
 

@@ -1,0 +1,1 @@
+"""Order deliveries: files a seller delivers, settled by their scan, decided by the buyer."""

@@ -1,0 +1,1 @@
+"""Files: direct-to-S3 uploads, their verification and lifecycle, safe downloads."""

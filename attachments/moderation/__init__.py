@@ -1,0 +1,1 @@
+"""Moderation: reports, the review queue projected from events, audited decisions."""

@@ -1,0 +1,275 @@
+"""MongoDB adapters of the chat stores: they alone own the `conversations` and `messages` collections.
+
+Only the API subset that behaves alike on a real replica set and on the in-process engine is
+used, and a message's events travel in the same single-document write (core/mongo.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from chat.model import Conversation, Message, MessageKind, Review, Role
+from chat.store import MAX_CHANGED_PER_SYNC, ClientIdTaken, SeqTaken
+from core.clock import epoch_ms
+from core.events import Event
+from core.ids import new_id
+from core.mongo import NO_OUTBOX, OUTBOX_FIELD, Doc, Outbox, aware, duplicate_key_fields, event_doc, with_outbox
+
+MESSAGES = "messages"
+
+
+def conversation_from_doc(doc: Mapping[str, Any]) -> Conversation:
+    # Read positions are keyed by role, not user id: user ids are not safe as MongoDB field names.
+    read = doc.get("read_seq") or {}
+    return Conversation(
+        id=doc["_id"],
+        buyer_id=doc["buyer_id"],
+        seller_id=doc["seller_id"],
+        order_id=doc.get("order_id"),
+        created_at=aware(doc["created_at"]) or doc["created_at"],
+        last_seq=int(doc.get("last_seq", 0)),
+        last_message_id=doc.get("last_message_id"),
+        last_activity_ms=int(doc.get("last_activity_ms", 0)),
+        buyer_read_seq=int(read.get("buyer", 0)),
+        seller_read_seq=int(read.get("seller", 0)),
+    )
+
+
+def message_doc(message: Message) -> Doc:
+    return {
+        "_id": message.id,
+        "conversation_id": message.conversation_id,
+        "seq": message.seq,
+        "sender_id": message.sender_id,
+        "client_id": message.client_id,
+        "kind": str(message.kind),
+        "created_at": message.created_at,
+        "created_ms": message.created_ms,
+        **_changeable(message),
+        "attachment_ids": list(message.attachment_ids),
+        "delivery_id": message.delivery_id,
+    }
+
+
+def _changeable(message: Message) -> Doc:
+    return {
+        "text": message.text,
+        "masked_text": message.masked_text,
+        "edited_at": message.edited_at,
+        "deleted": message.deleted,
+        "updated_seq": message.updated_seq,
+        "flagged": message.flagged,
+        "flag_reasons": list(message.flag_reasons),
+        "held": message.held,
+        "review": {"decision_id": message.review.decision_id, "action": message.review.action}
+        if message.review
+        else None,
+    }
+
+
+def message_from_doc(doc: Mapping[str, Any]) -> Message:
+    review = doc.get("review")
+    return Message(
+        id=doc["_id"],
+        conversation_id=doc["conversation_id"],
+        seq=int(doc["seq"]),
+        sender_id=doc["sender_id"],
+        client_id=doc["client_id"],
+        kind=MessageKind(doc["kind"]),
+        text=doc.get("text", ""),
+        created_at=aware(doc["created_at"]) or doc["created_at"],
+        masked_text=doc.get("masked_text"),
+        attachment_ids=tuple(doc.get("attachment_ids") or ()),
+        edited_at=aware(doc.get("edited_at")),
+        deleted=bool(doc.get("deleted")),
+        updated_seq=int(doc.get("updated_seq", doc["seq"])),
+        flagged=bool(doc.get("flagged")),
+        flag_reasons=tuple(doc.get("flag_reasons") or ()),
+        held=bool(doc.get("held")),
+        review=Review(review["decision_id"], review["action"]) if review else None,
+        delivery_id=doc.get("delivery_id"),
+    )
+
+
+class MongoConversationStore:
+    def __init__(self, db: Any) -> None:
+        self._conversations = db["conversations"]
+
+    async def ensure_schema(self) -> None:
+        c = self._conversations
+        await c.create_index(
+            [("buyer_id", ASCENDING), ("seller_id", ASCENDING), ("order_id", ASCENDING)],
+            unique=True,
+            name="pair_order_unique",
+        )
+        await c.create_index(
+            [("participants", ASCENDING), ("last_activity_ms", DESCENDING), ("_id", DESCENDING)], name="inbox"
+        )
+        await c.create_index("order_id", name="order")
+
+    async def get(self, conversation_id: str) -> Conversation | None:
+        doc = await self._conversations.find_one({"_id": conversation_id})
+        return conversation_from_doc(doc) if doc else None
+
+    async def get_or_create(
+        self, buyer_id: str, seller_id: str, order_id: str | None, *, now: datetime
+    ) -> tuple[Conversation, bool]:
+        key = {"buyer_id": buyer_id, "seller_id": seller_id, "order_id": order_id}
+        existing = await self._conversations.find_one(key)
+        if existing:
+            return conversation_from_doc(existing), False
+        doc: Doc = {
+            "_id": new_id(),
+            **key,
+            "participants": [buyer_id, seller_id],
+            "created_at": now,
+            "last_seq": 0,
+            "last_message_id": None,
+            "last_activity_ms": epoch_ms(now),
+            "read_seq": {"buyer": 0, "seller": 0},
+        }
+        try:
+            await self._conversations.insert_one(doc)
+        except DuplicateKeyError:
+            # Two first messages raced; the other insert won and is the conversation.
+            raced = await self._conversations.find_one(key)
+            if raced is None:
+                raise
+            return conversation_from_doc(raced), False
+        return conversation_from_doc(doc), True
+
+    async def list_for(self, user_id: str, *, limit: int, before: tuple[int, str] | None) -> list[Conversation]:
+        query: Doc = {"participants": user_id}
+        if before is not None:
+            activity, conversation_id = before
+            query["$or"] = [
+                {"last_activity_ms": {"$lt": activity}},
+                {"last_activity_ms": activity, "_id": {"$lt": conversation_id}},
+            ]
+        cursor = (
+            self._conversations.find(query).sort([("last_activity_ms", DESCENDING), ("_id", DESCENDING)]).limit(limit)
+        )
+        return [conversation_from_doc(doc) async for doc in cursor]
+
+    async def record_message(
+        self, conversation_id: str, role: Role, seq: int, message_id: str, activity_ms: int
+    ) -> None:
+        read = {f"read_seq.{role}": seq}
+        moved = await self._conversations.update_one(
+            {"_id": conversation_id, "last_seq": {"$lt": seq}},
+            {"$set": {"last_seq": seq, "last_message_id": message_id, "last_activity_ms": activity_ms}, "$max": read},
+        )
+        if not moved.matched_count:  # a later message got there first (only without the conversation lock)
+            await self._conversations.update_one({"_id": conversation_id}, {"$max": read})
+
+    async def touch_activity(self, conversation_id: str, activity_ms: int) -> None:
+        await self._conversations.update_one({"_id": conversation_id}, {"$max": {"last_activity_ms": activity_ms}})
+
+    async def advance_read(self, conversation_id: str, role: Role, seq: int) -> bool:
+        result = await self._conversations.update_one({"_id": conversation_id}, {"$max": {f"read_seq.{role}": seq}})
+        return bool(result.modified_count)
+
+    async def partners_of(self, user_id: str, *, limit: int = 500) -> set[str]:
+        cursor = (
+            self._conversations.find({"participants": user_id}, {"participants": 1})
+            .sort("last_activity_ms", DESCENDING)
+            .limit(limit)
+        )
+        partners: set[str] = set()
+        async for doc in cursor:
+            partners.update(p for p in doc["participants"] if p != user_id)
+        return partners
+
+
+class MongoMessageStore:
+    def __init__(self, db: Any, outbox: Outbox) -> None:
+        self._messages = db[MESSAGES]
+        self._outbox = outbox
+        outbox.serve(MESSAGES)
+
+    async def ensure_schema(self) -> None:
+        m = self._messages
+        # The guard against two messages with one seq, whichever node wrote them.
+        await m.create_index(
+            [("conversation_id", ASCENDING), ("seq", ASCENDING)], unique=True, name="conversation_seq_unique"
+        )
+        # The guard against a retried send creating a second message.
+        await m.create_index(
+            [("sender_id", ASCENDING), ("client_id", ASCENDING)], unique=True, name="sender_client_id_unique"
+        )
+        await m.create_index(
+            [("conversation_id", ASCENDING), ("updated_seq", ASCENDING)], name="conversation_updated_seq"
+        )
+
+    async def get(self, message_id: str) -> Message | None:
+        doc = await self._messages.find_one({"_id": message_id}, NO_OUTBOX)
+        return message_from_doc(doc) if doc else None
+
+    async def get_many(self, message_ids: Sequence[str]) -> list[Message]:
+        cursor = self._messages.find({"_id": {"$in": list(message_ids)}}, NO_OUTBOX)
+        return [message_from_doc(doc) async for doc in cursor]
+
+    async def find_by_client_id(self, sender_id: str, client_id: str) -> Message | None:
+        doc = await self._messages.find_one({"sender_id": sender_id, "client_id": client_id}, NO_OUTBOX)
+        return message_from_doc(doc) if doc else None
+
+    async def highest_seq(self, conversation_id: str) -> int:
+        last = await self._messages.find_one(
+            {"conversation_id": conversation_id}, {"seq": 1}, sort=[("seq", DESCENDING)]
+        )
+        return int(last["seq"]) if last else 0
+
+    async def insert(self, message: Message, events: Sequence[Event]) -> None:
+        try:
+            await self._messages.insert_one({**message_doc(message), OUTBOX_FIELD: [event_doc(e) for e in events]})
+        except DuplicateKeyError as exc:
+            if "client_id" in duplicate_key_fields(exc):
+                raise ClientIdTaken(message.client_id) from None
+            raise SeqTaken(message.seq) from None
+        await self._outbox.flush(MESSAGES, message.id, events)
+
+    async def save_change(self, message: Message, events: Sequence[Event]) -> Message | None:
+        doc = await self._messages.find_one_and_update(
+            {"_id": message.id, "deleted": False},
+            with_outbox({"$set": _changeable(message)}, events),
+            projection=NO_OUTBOX,
+            return_document=ReturnDocument.AFTER,
+        )
+        if doc is None:
+            return None
+        await self._outbox.flush(MESSAGES, message.id)
+        return message_from_doc(doc)
+
+    async def page(
+        self, conversation_id: str, *, after_seq: int | None, before_seq: int | None, limit: int
+    ) -> tuple[list[Message], bool]:
+        if after_seq is not None:
+            changed = (
+                self._messages.find(
+                    {"conversation_id": conversation_id, "seq": {"$lte": after_seq}, "updated_seq": {"$gt": after_seq}},
+                    NO_OUTBOX,
+                )
+                .sort("seq", ASCENDING)
+                .limit(MAX_CHANGED_PER_SYNC)
+            )
+            newer: Doc = {"conversation_id": conversation_id, "seq": {"$gt": after_seq}}
+            if before_seq is not None:
+                newer["seq"]["$lt"] = before_seq
+            cursor = self._messages.find(newer, NO_OUTBOX).sort("seq", ASCENDING).limit(limit + 1)
+            new_docs = [doc async for doc in cursor]
+            messages = [message_from_doc(doc) async for doc in changed] + [
+                message_from_doc(d) for d in new_docs[:limit]
+            ]
+            return messages, len(new_docs) > limit
+        query: Doc = {"conversation_id": conversation_id}
+        if before_seq is not None:
+            query["seq"] = {"$lt": before_seq}
+        # Newest page first from the database, returned oldest first.
+        cursor = self._messages.find(query, NO_OUTBOX).sort("seq", DESCENDING).limit(limit + 1)
+        docs = [doc async for doc in cursor]
+        return [message_from_doc(d) for d in reversed(docs[:limit])], len(docs) > limit

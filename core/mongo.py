@@ -1,0 +1,189 @@
+"""MongoDB adapters of the kernel: the event log, the transactional outbox, and what every Mongo store shares.
+
+MongoDB is used through the subset of its API that behaves alike on a real replica set and on
+the in-process engine, which has no multi-document transactions. So a store that must emit events
+embeds them in the same single-document write, under `_outbox`: the document and its events
+commit or fail together. `Outbox.flush` then appends them to the log and pulls them off the
+document; if the process dies in between, `Outbox.sweep` finds them and appends them again.
+
+Log positions are dense and commit in order (a position is only taken as "last + 1", guarded by
+the unique `_id`), so a reader that has seen position N can never later find an event below N.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo.errors import DuplicateKeyError
+
+from core.events import Event
+
+log = logging.getLogger(__name__)
+
+OUTBOX_FIELD = "_outbox"
+Doc = dict[str, Any]
+
+
+def duplicate_key_fields(exc: DuplicateKeyError) -> set[str]:
+    """The fields of the unique index a write ran into."""
+    return set(((exc.details or {}).get("keyPattern") or {}).keys())
+
+
+def aware(moment: datetime | None) -> datetime | None:
+    """Drivers without tz_aware hand back naive UTC; records always carry aware times."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+def event_doc(event: Event) -> Doc:
+    return {
+        "id": event.id,
+        "type": event.type,
+        "version": event.version,
+        "occurred_at": event.occurred_at,
+        "key": event.key,
+        "data": dict(event.data),
+    }
+
+
+def event_from_doc(doc: Mapping[str, Any]) -> Event:
+    occurred = doc["occurred_at"]
+    if isinstance(occurred, str):  # written by an earlier version as ISO text
+        occurred = datetime.fromisoformat(occurred.replace("Z", "+00:00"))
+    return Event(
+        id=doc["id"],
+        type=doc["type"],
+        key=doc["key"],
+        data=doc.get("data") or {},
+        occurred_at=aware(occurred) or occurred,
+        version=int(doc.get("version", 1)),
+        position=doc.get("_id") if isinstance(doc.get("_id"), int) else None,
+    )
+
+
+class MongoEventLog:
+    """Owns the `events` collection: an append-only, totally ordered log of every event."""
+
+    def __init__(self, db: Any) -> None:
+        self._events = db["events"]
+        # One appender per process: positions are taken one after another here, and the
+        # unique _id settles races with other processes.
+        self._lock = asyncio.Lock()
+        self._next_position: int | None = None
+
+    async def ensure_schema(self) -> None:
+        await self._events.create_index("id", unique=True, name="event_id_unique")
+        await self._events.create_index([("type", 1), ("_id", 1)], name="type_position")
+
+    async def append(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        async with self._lock:
+            # No look-up first: the unique index on the event id is what turns a second append into a no-op.
+            for event in events:
+                await self._append_one(event)
+
+    async def _append_one(self, event: Event) -> None:
+        while True:
+            if self._next_position is None:
+                last = await self._events.find_one({}, {"_id": 1}, sort=[("_id", -1)])
+                self._next_position = (last["_id"] if last else 0) + 1
+            position = self._next_position
+            try:
+                await self._events.insert_one({"_id": position, **event_doc(event)})
+            except DuplicateKeyError as exc:
+                if "id" in duplicate_key_fields(exc):
+                    return  # another process appended this very event
+                self._next_position = None  # another process took the position: re-read
+                continue
+            self._next_position = position + 1
+            return
+
+    async def read(self, *, after: int = 0, limit: int = 100, types: Collection[str] | None = None) -> list[Event]:
+        query: Doc = {"_id": {"$gt": after}}
+        if types is not None:
+            query["type"] = {"$in": list(types)}
+        cursor = self._events.find(query).sort("_id", 1).limit(limit)
+        return [event_from_doc(doc) async for doc in cursor]
+
+
+class Outbox:
+    """Moves events embedded in documents (under `_outbox`) into the event log."""
+
+    def __init__(self, db: Any, log_: MongoEventLog, collections: Iterable[str] = ()) -> None:
+        self._db = db
+        self._log = log_
+        self._collections: list[str] = list(collections)
+
+    def serve(self, collection: str) -> None:
+        """A store whose documents carry events registers its collection, so the sweep looks there."""
+        if collection not in self._collections:
+            self._collections.append(collection)
+
+    async def flush(self, collection: str, doc_id: Any, events: Sequence[Event] | None = None) -> None:
+        """Move a document's events to the log; pass `events` when the writer has them in hand."""
+        if events is not None:
+            await self._move(collection, doc_id, [event_doc(e) for e in events])
+            return
+        doc = await self._db[collection].find_one({"_id": doc_id}, {OUTBOX_FIELD: 1})
+        if doc:
+            await self._move(collection, doc_id, doc.get(OUTBOX_FIELD) or [])
+
+    async def _move(self, collection: str, doc_id: Any, event_docs: Sequence[Mapping[str, Any]]) -> None:
+        if not event_docs:
+            return
+        await self._log.append([event_from_doc(e) for e in event_docs])
+        # $pull by id, not $unset: events pushed meanwhile by another write must stay.
+        await self._db[collection].update_one(
+            {"_id": doc_id},
+            {"$pull": {OUTBOX_FIELD: {"id": {"$in": [e["id"] for e in event_docs]}}}},
+        )
+
+    async def sweep(self) -> int:
+        """Append events stranded by a crash between a write and its flush; returns how many docs."""
+        moved = 0
+        for collection in self._collections:
+            cursor = self._db[collection].find({f"{OUTBOX_FIELD}.0": {"$exists": True}}, {OUTBOX_FIELD: 1})
+            async for doc in cursor:
+                await self._move(collection, doc["_id"], doc[OUTBOX_FIELD])
+                moved += 1
+        return moved
+
+    async def run_sweeper(self, interval_seconds: float = 60.0) -> None:
+        # Stranded events exist only after a crash between a write and its flush, and start-up
+        # sweeps too; a minute of delay for those is fine, and each sweep reads every collection.
+        while True:
+            await asyncio.sleep(interval_seconds)
+            try:
+                moved = await self.sweep()
+                if moved:
+                    log.warning("outbox sweep appended stranded events", extra={"documents": moved})
+            except Exception:
+                log.exception("outbox sweep failed; will retry")
+
+
+def with_outbox(update: Doc, events: Sequence[Event]) -> Doc:
+    """An update that also records `events` in the document, in the same write."""
+    if events:
+        update = {**update, "$push": {OUTBOX_FIELD: {"$each": [event_doc(e) for e in events]}}}
+    return update
+
+
+NO_OUTBOX = {OUTBOX_FIELD: 0}
+
+__all__ = [
+    "NO_OUTBOX",
+    "OUTBOX_FIELD",
+    "MongoEventLog",
+    "Outbox",
+    "aware",
+    "duplicate_key_fields",
+    "event_doc",
+    "event_from_doc",
+    "with_outbox",
+]
