@@ -145,7 +145,8 @@ class Person:
         self.page.set_input_files("#file-input", str(path))
         upload = self.page.locator(".upload").filter(has_text=path.name)
         upload.locator("progress[data-percent='100']").wait_for()
-        self.page.wait_for_selector(".upload[data-state='done']")
+        # Done, or already blocked: a scan can finish before the page hears that the upload completed.
+        self.page.wait_for_selector(".upload[data-state='done'], .upload[data-state='blocked']")
         assert upload.locator(".percent").text_content() == "100%"
         if screenshot is not None:
             self.page.screenshot(path=str(screenshot))
