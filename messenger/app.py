@@ -33,7 +33,7 @@ from attachments.moderation.mongo import MongoModerationStore
 from attachments.moderation.service import ModerationQueue, ModerationService
 from attachments.moderation.store import ModerationStore
 from attachments.rest import AttachmentRoutes, DeliveryRoutes, ModerationRoutes
-from attachments.storage import S3Storage
+from attachments.storage import ObjectStorage, S3Storage
 from chat.locks import LocalLocks, RedisLocks
 from chat.metrics import ChatMetrics
 from chat.mongo import MongoConversationStore, MongoMessageStore
@@ -44,6 +44,7 @@ from chat.service import ChatService
 from chat.sockets import ChatGateway, SocketNotifier
 from chat.store import ConversationStore, MessageStore
 from config.settings import Settings
+from core.clock import Clock, SystemClock
 from core.dispatch import AfterCommit
 from core.events import EventLog
 from core.http import auth_middleware, cors_middleware, errors_middleware
@@ -80,6 +81,16 @@ class UnavailableScanner:
         return ScanResult(Verdict.ERROR, reason=self.reason)
 
 
+@dataclass(frozen=True)
+class Ports:
+    """Adapters to the outside handed in instead of the configured ones (the unit tier's fakes)."""
+
+    storage: ObjectStorage | None = None
+    scanner: Scanner | None = None
+    previews: PreviewRenderer | None = None
+    clock: Clock | None = None
+
+
 @dataclass
 class Container:
     settings: Settings
@@ -93,7 +104,7 @@ class Container:
     messages: MessageStore
     chat: ChatService
     sio: socketio.AsyncServer
-    storage: S3Storage
+    storage: ObjectStorage
     attachment_store: AttachmentStore
     attachments: AttachmentService
     deliveries: DeliveryService
@@ -108,6 +119,7 @@ class Container:
     embedded_clamd: EmbeddedClamd | None = None
     scanner: Scanner = field(default_factory=lambda: UnavailableScanner("clamd has not been started"))
     redis: Any = None
+    clock: Clock = field(default_factory=SystemClock)
     scans_here: bool = True
     background: list[asyncio.Task[Any]] = field(default_factory=list)
 
@@ -122,6 +134,7 @@ class Container:
             self.attachments,
             metrics=self.pipeline_metrics,
             worker_id=worker_id,
+            clock=self.clock,
         )
 
     def describe(self) -> list[str]:
@@ -165,8 +178,15 @@ class Container:
         ]
 
 
-def build_container(settings: Settings, *, notifier: Notifier | None = None, write_only: bool = False) -> Container:
-    """Wire every part. `write_only` is for workers: they emit to sockets (through Redis) but serve none."""
+def build_container(
+    settings: Settings, *, notifier: Notifier | None = None, write_only: bool = False, ports: Ports | None = None
+) -> Container:
+    """Wire every part. `write_only` is for workers: they emit to sockets (through Redis) but serve none.
+
+    `ports` replaces adapters to the outside (tests hand in fakes); everything else is wired as always.
+    """
+    ports = ports or Ports()
+    clock = ports.clock or SystemClock()
     database = open_database(settings.mongo)
     db = database.db
     registry = CollectorRegistry()
@@ -199,27 +219,31 @@ def build_container(settings: Settings, *, notifier: Notifier | None = None, wri
     messages: MessageStore = MongoMessageStore(db, outbox)
     # Sends hold their conversation's lock across nodes, so pushes leave in seq order everywhere.
     locks = RedisLocks(redis_client) if redis_client is not None else LocalLocks()
-    chat = ChatService(settings.chat, conversations, messages, notifier, presence, NoAttachments(), metrics, locks)
+    chat = ChatService(
+        settings.chat, conversations, messages, notifier, presence, NoAttachments(), metrics, locks, clock
+    )
 
-    embedded_s3 = EmbeddedS3(settings.s3.embedded_port) if settings.embedded_s3 else None
-    storage = S3Storage(
+    embedded_s3 = EmbeddedS3(settings.s3.embedded_port) if settings.embedded_s3 and ports.storage is None else None
+    storage: ObjectStorage = ports.storage or S3Storage(
         settings.s3, endpoint_url=embedded_s3.endpoint_url if embedded_s3 else None, embedded=embedded_s3 is not None
     )
     attachment_store: AttachmentStore = MongoAttachmentStore(db, outbox)
-    attachments = AttachmentService(settings.attachments, attachment_store, storage, chat, reactions, notifier)
+    attachments = AttachmentService(settings.attachments, attachment_store, storage, chat, reactions, notifier, clock)
     chat.use_attachments(attachments)
     delivery_store: DeliveryStore = MongoDeliveryStore(db, outbox)
-    deliveries = DeliveryService(delivery_store, chat, attachments, reactions, notifier)
+    deliveries = DeliveryService(delivery_store, chat, attachments, reactions, notifier, clock)
     moderation_store: ModerationStore = MongoModerationStore(db, outbox)
     moderation_queue = ModerationQueue(moderation_store, events)
-    moderation = ModerationService(moderation_store, moderation_queue, chat, attachments)
+    moderation = ModerationService(moderation_store, moderation_queue, chat, attachments, clock)
     # The in-process reactions to committed changes, registered once (core/dispatch.py). The
     # pipeline's wake-up is added where an in-process pipeline starts (loops_started).
     reactions.on(AttachmentChanged, attachments.announce)
     reactions.on(AttachmentChanged, deliveries.attachment_changed)
     reactions.on(DeliveryChanged, deliveries.announce)
     previews: PreviewRenderer
-    if settings.preview.cloudinary_url:
+    if ports.previews is not None:
+        previews = ports.previews
+    elif settings.preview.cloudinary_url:
         from workers.cloudinary_previews import CloudinaryPreviewRenderer
 
         previews = CloudinaryPreviewRenderer(
@@ -235,7 +259,7 @@ def build_container(settings: Settings, *, notifier: Notifier | None = None, wri
             storage, max_source_bytes=settings.preview.max_source_bytes, thumbnail_px=settings.preview.thumbnail_px
         )
     embedded_clamd = None
-    if not settings.scanner.address:
+    if not settings.scanner.address and ports.scanner is None:
         embedded_clamd = EmbeddedClamd(
             Path(settings.runtime.data_dir).absolute() / "clamd", stream_max_length=settings.scanner.stream_max_length
         )
@@ -265,7 +289,10 @@ def build_container(settings: Settings, *, notifier: Notifier | None = None, wri
         embedded_s3=embedded_s3,
         embedded_clamd=embedded_clamd,
         redis=redis_client,
+        clock=clock,
     )
+    if ports.scanner is not None:
+        container.scanner = ports.scanner
     ChatGateway(sio, chat, container.verifier, metrics).register()
     return container
 
@@ -288,6 +315,9 @@ async def database_started(container: Container) -> AsyncIterator[None]:
 
 @contextlib.asynccontextmanager
 async def storage_started(container: Container) -> AsyncIterator[None]:
+    if not isinstance(container.storage, S3Storage):  # a fake handed in by a test: nothing to start
+        yield
+        return
     if container.embedded_s3 is not None:
         await asyncio.to_thread(container.embedded_s3.start)
     try:

@@ -200,3 +200,35 @@ async def test_with_kafka_configured_the_order_service_consumes_order_delivered_
         assert {"id", "type", "version", "occurred_at", "key", "data"} <= set(delivered)
     finally:
         broker.stop()
+
+
+async def test_a_moderator_rejecting_a_pending_deliverys_message_blocks_it(start: Any) -> None:
+    # Regression: the files became `rejected` but the delivery stayed `pending` for ever, and the
+    # order service heard neither `order.delivered` nor `order.delivery_blocked`.
+    service = start(env={"CLAMD_STREAM_MAX_LENGTH": "1024"})  # so the file is unscannable: it waits for review
+    cid = open_conversation(service, "buyer-3", "seller-3", "order-300")
+    file_id = await upload(service, "seller-3", cid, png(4), "large.png", "image/png")
+    await eventually(
+        lambda: rest(service, "seller-3", "GET", f"/attachments/{file_id}")["status"] == "needs_review", timeout=20
+    )
+    delivery = rest(
+        service,
+        "seller-3",
+        "POST",
+        "/orders/order-300/deliveries",
+        {"conversation_id": cid, "text": "pay me outside, here is my number", "attachment_ids": [file_id]},
+    )
+    assert delivery["status"] == "pending"
+    rest(
+        service,
+        "mod-1",
+        "POST",
+        f"/moderation/messages/{delivery['message_id']}/decision",
+        {"action": "reject", "note": "asks for payment off the platform"},
+        moderator=True,
+    )
+    orders = OrderService(service)
+    await wait_for_order_event(orders, "order-300", "order.delivery_blocked")
+    assert orders.of("order-300", "order.delivered") == []
+    assert rest(service, "buyer-3", "GET", f"/deliveries/{delivery['id']}")["status"] == "blocked"
+    assert rest(service, "buyer-3", "GET", f"/attachments/{file_id}")["status"] == "rejected"
