@@ -23,6 +23,7 @@ unit:
 test-deps: system-deps
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ".[test]"
 	npm ci --prefix tests/e2e/js --no-audit --no-fund --loglevel=error
+	$(PYTHON) -m tests.integration.strict_s3
 
 # clamd is a real part of the embedded default, so `make run` installs it too.
 system-deps-run:
