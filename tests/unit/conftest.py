@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from attachments.deliveries.model import Delivery, DeliveryStatus
+from attachments.deliveries.model import Delivery
 from attachments.files.model import Attachment, AttachmentStatus
 from core.clock import FakeClock
-from core.identity import Identity
 from core.notify import RecordingNotifier
 from messenger.app import Container, Ports, build_container, ensure_schemas
 from tests.conftest import logged, make_settings, person
 from tests.fakes import FakeObjectStorage, FakePreviewRenderer, FakeScanner
+from workers.pipeline import AttachmentPipeline
 
 buyer, seller, moderator = person("buyer"), person("seller"), person("mod", moderator=True)
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(200)
@@ -34,6 +34,19 @@ class Unit:
         self.notifier: RecordingNotifier = container.notifier  # type: ignore[assignment]
         self.pipeline = container.pipeline(worker_id="unit-worker")
         self.conversation_id = ""
+
+    def pipeline_with(self, *, worker: Any = None, previews: Any = None) -> AttachmentPipeline:
+        """Another pipeline over the same stores and fakes, with other worker settings or renderer."""
+        return AttachmentPipeline(
+            worker or self.c.settings.worker,
+            self.c.settings.scanner,
+            self.c.attachment_store,
+            self.storage,
+            self.scanner,
+            previews or self.c.previews,
+            self.c.attachments,
+            clock=self.clock,
+        )
 
     async def open(self, order_id: str | None = "order-1") -> Unit:
         view, _ = await self.c.chat.open_conversation(buyer, "buyer", "seller", order_id)
@@ -106,8 +119,4 @@ async def unit() -> AsyncIterator[Unit]:
     await container.database.close()
 
 
-def who(user: Identity) -> Identity:
-    return user
-
-
-__all__ = ["PNG", "DeliveryStatus", "Unit", "buyer", "moderator", "seller"]
+__all__ = ["PNG", "Unit", "buyer", "moderator", "seller"]
