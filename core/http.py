@@ -6,7 +6,6 @@ a logged 500 `internal_error` carrying a request id, never a stack trace.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -15,6 +14,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from core.commands import loads_client_json
 from core.errors import InvalidInput, MessengerError, PayloadTooLarge, Unauthenticated
 from core.identity import Identity, TokenVerifier
 
@@ -46,7 +46,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         response = await handler(request)
     except MessengerError as exc:
-        return error_response(exc, request_id)
+        response = error_response(exc, request_id)
+        if isinstance(exc, PayloadTooLarge) and request.can_read_body:
+            response.force_close()  # the rest of an oversized body is not worth reading
+        return response
     except web.HTTPRequestEntityTooLarge:
         return error_response(PayloadTooLarge("the request body is too large", code="body_too_large"), request_id)
     except web.HTTPException as exc:
@@ -64,6 +67,25 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         )
     response.headers.setdefault("X-Request-Id", request_id)
     return response
+
+
+def body_limit_middleware(max_bytes: int) -> Middleware:
+    """Refuse a declared Content-Length over the limit before reading a byte of the body.
+
+    aiohttp's client_max_size applies only while the body is read, so a client that declares
+    10 MB and sends slowly (or nothing) would hold the connection until it gives up; chunked
+    bodies, which declare no length, are still cut at the limit while they are read.
+    """
+
+    @web.middleware
+    async def limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.content_length is not None and request.content_length > max_bytes:
+            raise PayloadTooLarge(
+                f"the request body is larger than {max_bytes} bytes", code="body_too_large", max_size=max_bytes
+            )
+        return await handler(request)
+
+    return limit
 
 
 def auth_middleware(verifier: TokenVerifier) -> Middleware:
@@ -119,10 +141,7 @@ def identity(request: web.Request) -> Identity:
 async def json_body(request: web.Request) -> dict[str, Any]:
     if not request.body_exists:
         return {}
-    try:
-        body = await request.json(loads=json.loads)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InvalidInput("the body must be JSON", code="invalid_json") from None
+    body = loads_client_json(await request.read())
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object", code="invalid_payload")
     return body

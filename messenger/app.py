@@ -37,10 +37,10 @@ from chat.sockets import ChatGateway, SocketNotifier
 from chat.store import ConversationStore, MessageStore
 from config.settings import Settings
 from core.events import EventLog, Outbox
-from core.http import auth_middleware, cors_middleware, errors_middleware
+from core.http import auth_middleware, body_limit_middleware, cors_middleware, errors_middleware
 from core.identity import TokenVerifier
 from core.notify import Notifier
-from core.sockets import without_websocket_compression
+from core.sockets import SocketServer, without_websocket_compression
 from messenger import __version__
 from messenger.database import Database, open_database
 from messenger.web import WebClient
@@ -81,7 +81,7 @@ class Container:
     conversations: ConversationStore
     messages: MessageStore
     chat: ChatService
-    sio: socketio.AsyncServer
+    sio: SocketServer
     storage: S3Storage
     attachment_store: AttachmentStore
     attachments: AttachmentService
@@ -174,7 +174,7 @@ def build_container(settings: Settings, *, notifier: Notifier | None = None, wri
             settings.redis.url, channel="messenger-socketio", write_only=write_only
         )
         presence = RedisPresence(redis_client)
-    sio = socketio.AsyncServer(
+    sio = SocketServer(
         async_mode="aiohttp",
         client_manager=client_manager,
         cors_allowed_origins=settings.runtime.cors_origins or None,
@@ -402,6 +402,7 @@ def create_app(
     middlewares = [
         cors_middleware(settings.runtime.cors_origins),
         errors_middleware,
+        body_limit_middleware(MAX_REST_BODY),
         auth_middleware(container.verifier),
     ]
     if not settings.runtime.websocket_compression:
