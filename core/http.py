@@ -24,6 +24,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 IDENTITY = "messenger.identity"
 REQUEST_ID = "messenger.request_id"
 API_PREFIX = "/api/v1"
+OPENAPI_PATH = API_PREFIX + "/openapi.json"  # public: it describes the API and holds no data
 
 
 def error_response(error: MessengerError, request_id: str | None = None) -> web.Response:
@@ -89,11 +90,11 @@ def body_limit_middleware(max_bytes: int) -> Middleware:
 
 
 def auth_middleware(verifier: TokenVerifier) -> Middleware:
-    """Every /api/v1 request must carry a valid bearer token; nothing under it is public."""
+    """Every /api/v1 request must carry a valid bearer token; only the API's own description is public."""
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith(API_PREFIX) and request.method != "OPTIONS":
+        if request.path.startswith(API_PREFIX) and request.method != "OPTIONS" and request.path != OPENAPI_PATH:
             header = request.headers.get("Authorization", "")
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
