@@ -60,6 +60,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return web.json_response(
             {"error": {"code": code, "message": exc.reason, "request_id": request_id}}, status=exc.status
         )
+    except ConnectionResetError:
+        # The client went away mid-answer (a dropped mobile link, often during a websocket
+        # upgrade): nothing failed here and nobody is left to answer.
+        log.debug("client disconnected before the answer", extra={"request_id": request_id, "path": request.path})
+        return web.Response(status=499, reason="Client Closed Request")
     except Exception:
         log.exception("unhandled error", extra={"request_id": request_id, "path": request.path})
         return web.json_response(
