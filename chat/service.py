@@ -332,7 +332,10 @@ class ChatService:
         doc = await self._messages.get(message_id)
         if doc is None:
             raise NotFound("no such message", code="message_not_found")
-        conversation = await self.conversation_for(caller, doc["conversation_id"])  # strangers: not found
+        try:
+            conversation = await self.conversation_for(caller, doc["conversation_id"])
+        except NotFound:  # a stranger learns no more than for an id that does not exist
+            raise NotFound("no such message", code="message_not_found") from None
         if doc["sender_id"] != caller.user_id:
             raise Forbidden("only the sender can change a message", code="not_the_sender")
         if doc["kind"] != MessageKind.TEXT:
