@@ -26,8 +26,9 @@ from tests.soak.devices import Device
 from tests.soak.plan import DEVICES, make_plan, verdict
 from tests.support.chaos_proxy import ChaosProxy
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 SENDS = int(os.environ.get("SOAK_SENDS", "1000"))
+TIMEOUT = int(os.environ.get("SOAK_TIMEOUT", "150"))  # seconds, per run
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(TIMEOUT + 30)]
 # Seconds between drops, drawn uniformly; bench/soak.py runs harsher and longer settings.
 GAPS = tuple(float(g) for g in os.environ.get("SOAK_DROP_GAPS", "0.02,0.12").split(","))
 JS_DIR = Path(__file__).resolve().parents[1] / "e2e" / "js"
@@ -98,7 +99,9 @@ async def test_javascript_devices_survive_drops(service: RunningService) -> None
     host, port = service.url.removeprefix("http://").split(":")
     proxy = await ChaosProxy(host, int(port), seed=11).start()
     plan = make_plan(SENDS, seed=11)
-    config = {"url": proxy.url, "conversation_id": conversation, "tokens": tokens, "plan": plan}
+    config = {
+        "url": proxy.url, "conversation_id": conversation, "tokens": tokens, "plan": plan, "timeout_ms": TIMEOUT * 1000
+    }
     stop = asyncio.Event()
     started = time.monotonic()
     process = await asyncio.create_subprocess_exec(
@@ -115,7 +118,7 @@ async def test_javascript_devices_survive_drops(service: RunningService) -> None
         process.stdin.write(json.dumps(config).encode() + b"\n")
         await process.stdin.drain()
         result: dict[str, Any] = {}
-        while line := await asyncio.wait_for(process.stdout.readline(), 150):
+        while line := await asyncio.wait_for(process.stdout.readline(), TIMEOUT):
             report = json.loads(line)
             if report.get("phase") == "ops_done":
                 stop.set()  # quiet network, then the devices reconnect once more and report

@@ -15,7 +15,7 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 setTimeout(() => {
   console.error("soak timed out");
   process.exit(2);
-}, 140_000);
+}, (config.timeout_ms ?? 150_000) - 5_000);
 
 class Device {
   constructor(name, token) {
