@@ -10,8 +10,11 @@ from pydantic import Field, StrictInt, StrictStr
 from attachments.deliveries.service import DeliveryService
 from attachments.files.service import AttachmentService
 from attachments.moderation.service import ModerationService
+from core.answers import Attachment, DecisionList, DecisionResult, Delivery, DownloadUrl, ModerationQueue, UploadGrant
+from core.answers import Report as ReportAnswer
 from core.commands import Command, Id, parse
-from core.http import API_PREFIX, identity, json_body, ok, query_int
+from core.http import identity, json_body, ok, query_int
+from core.openapi import Route, RouteTable
 
 
 class RequestUpload(Command):
@@ -34,14 +37,71 @@ class AttachmentRoutes:
     def __init__(self, attachments: AttachmentService) -> None:
         self._attachments = attachments
 
-    def register(self, app: web.Application) -> None:
-        r = app.router
-        r.add_post(f"{API_PREFIX}/attachments", self.request_upload)
-        r.add_get(f"{API_PREFIX}/attachments/{{attachment_id}}", self.get)
-        r.add_post(f"{API_PREFIX}/attachments/{{attachment_id}}/complete", self.complete)
-        r.add_post(f"{API_PREFIX}/attachments/{{attachment_id}}/resume", self.resume)
-        r.add_post(f"{API_PREFIX}/attachments/{{attachment_id}}/abort", self.abort)
-        r.add_get(f"{API_PREFIX}/attachments/{{attachment_id}}/download", self.download)
+    def register(self, routes: RouteTable) -> None:
+        add, one = routes.add, "/attachments/{attachment_id}"
+        add(
+            Route(
+                "POST",
+                "/attachments",
+                self.request_upload,
+                "ask for a presigned upload",
+                body=RequestUpload,
+                answer=UploadGrant,
+                status=201,
+                errors=(
+                    "conversation_not_found",
+                    "invalid_filename",
+                    "invalid_content_type",
+                    "type_not_allowed",
+                    "file_empty",
+                    "file_too_large",
+                ),
+            )
+        )
+        add(Route("GET", one, self.get, "one attachment", answer=Attachment, errors=("attachment_not_found",)))
+        add(
+            Route(
+                "POST",
+                f"{one}/complete",
+                self.complete,
+                "check what landed in S3 and accept it",
+                body=CompleteUpload,
+                answer=Attachment,
+                errors=(
+                    "attachment_not_found",
+                    "not_the_uploader",
+                    "attachment_rejected",
+                    "upload_missing",
+                    "upload_incomplete",
+                    "part_mismatch",
+                    "size_mismatch",
+                    "content_mismatch",
+                ),
+            )
+        )
+        add(
+            Route(
+                "POST",
+                f"{one}/resume",
+                self.resume,
+                "fresh URLs for the missing parts",
+                answer=UploadGrant,
+                errors=("attachment_not_found", "not_the_uploader", "upload_not_pending", "upload_gone"),
+            )
+        )
+        add(
+            Route(
+                "POST",
+                f"{one}/abort",
+                self.abort,
+                "give up an upload",
+                answer=Attachment,
+                errors=("attachment_not_found", "not_the_uploader", "upload_not_pending"),
+            )
+        )
+        add(Route("GET", f"{one}/download", self.download, "302 to a short-lived presigned GET (?redirect=0: JSON)",
+                  answer=DownloadUrl, redirects=True, query={"redirect": "string"},
+                  errors=("attachment_not_found", "attachment_not_ready")))  # fmt: skip
 
     async def request_upload(self, request: web.Request) -> web.Response:
         command = parse(RequestUpload, await json_body(request))
@@ -102,12 +162,47 @@ class DeliveryRoutes:
     def __init__(self, deliveries: DeliveryService) -> None:
         self._deliveries = deliveries
 
-    def register(self, app: web.Application) -> None:
-        r = app.router
-        r.add_post(f"{API_PREFIX}/orders/{{order_id}}/deliveries", self.deliver)
-        r.add_get(f"{API_PREFIX}/deliveries/{{delivery_id}}", self.get)
-        r.add_post(f"{API_PREFIX}/deliveries/{{delivery_id}}/accept", self.accept)
-        r.add_post(f"{API_PREFIX}/deliveries/{{delivery_id}}/request-revision", self.request_revision)
+    def register(self, routes: RouteTable) -> None:
+        add, one = routes.add, "/deliveries/{delivery_id}"
+        add(
+            Route(
+                "POST",
+                "/orders/{order_id}/deliveries",
+                self.deliver,
+                "deliver an order (seller)",
+                body=Deliver,
+                answer=Delivery,
+                status=201,
+                errors=(
+                    "conversation_not_found",
+                    "order_not_found",
+                    "not_the_seller",
+                    "delivery_without_files",
+                    "order_already_accepted",
+                    "attachment_not_found",
+                    "attachment_not_attachable",
+                    "attachment_already_sent",
+                    "too_many_attachments",
+                    "text_too_long",
+                    "client_id_reused",
+                    "rate_limited",
+                ),
+            )
+        )
+        add(Route("GET", one, self.get, "one delivery", answer=Delivery, errors=("delivery_not_found",)))
+        add(
+            Route(
+                "POST",
+                f"{one}/accept",
+                self.accept,
+                "accept a delivery (buyer)",
+                answer=Delivery,
+                errors=("delivery_not_found", "not_the_buyer", "delivery_not_ready"),
+            )
+        )
+        add(Route("POST", f"{one}/request-revision", self.request_revision, "ask for a revision (buyer)",
+                  body=RequestRevision, answer=Delivery,
+                  errors=("delivery_not_found", "not_the_buyer", "delivery_not_ready", "reason_required")))  # fmt: skip
 
     async def deliver(self, request: web.Request) -> web.Response:
         command = parse(Deliver, await json_body(request))
@@ -140,13 +235,58 @@ class ModerationRoutes:
     def __init__(self, moderation: ModerationService) -> None:
         self._moderation = moderation
 
-    def register(self, app: web.Application) -> None:
-        r = app.router
-        r.add_post(f"{API_PREFIX}/reports", self.report)
-        r.add_get(f"{API_PREFIX}/moderation/queue", self.queue)
-        r.add_get(f"{API_PREFIX}/moderation/decisions", self.decisions)
-        r.add_post(f"{API_PREFIX}/moderation/attachments/{{attachment_id}}/decision", self.decide_attachment)
-        r.add_post(f"{API_PREFIX}/moderation/messages/{{message_id}}/decision", self.decide_message)
+    def register(self, routes: RouteTable) -> None:
+        add, decided = routes.add, ("nothing_to_decide", "note_required", "invalid_action")
+        add(
+            Route(
+                "POST",
+                "/reports",
+                self.report,
+                "report a message or a file",
+                body=Report,
+                answer=ReportAnswer,
+                status=201,
+                errors=("message_not_found", "attachment_not_found", "reason_required"),
+            )
+        )
+        add(
+            Route(
+                "GET",
+                "/moderation/queue",
+                self.queue,
+                "flagged files and messages, oldest first",
+                answer=ModerationQueue,
+                query={"kind": "string", "limit": "integer", "cursor": "string"},
+                moderator=True,
+                errors=("invalid_cursor",),
+            )
+        )
+        add(
+            Route(
+                "GET",
+                "/moderation/decisions",
+                self.decisions,
+                "the audit log of decisions",
+                answer=DecisionList,
+                query={"target_id": "string", "limit": "integer"},
+                moderator=True,
+            )
+        )
+        add(
+            Route(
+                "POST",
+                "/moderation/attachments/{attachment_id}/decision",
+                self.decide_attachment,
+                "release or reject a file",
+                body=Decision,
+                answer=DecisionResult,
+                moderator=True,
+                errors=("attachment_not_found", "cannot_release_infected", "changed_meanwhile", *decided),
+            )
+        )
+        add(Route("POST", "/moderation/messages/{message_id}/decision", self.decide_message,
+                  "release or remove a message", body=Decision, answer=DecisionResult, moderator=True,
+                  errors=("message_not_found", "message_deleted", *decided)))  # fmt: skip
 
     async def report(self, request: web.Request) -> web.Response:
         command = parse(Report, await json_body(request))

@@ -117,7 +117,8 @@ class AttachmentSettings(_Section):
     min_part_size: int = Field(default=8 * MiB, ge=5 * MiB)
     max_part_size: int = Field(default=512 * MiB, le=5 * GiB)
     upload_url_ttl_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600)
-    download_url_ttl_seconds: int = Field(default=300, ge=1, le=3600)
+    # A presigned GET is a bearer URL: whoever holds it downloads the file until it expires.
+    download_url_ttl_seconds: int = Field(default=60, ge=1, le=3600)
     # An upload not completed by then is expired: its record rejected, its bytes deleted.
     upload_expiry_seconds: int = Field(default=24 * 3600, ge=60)
     allowed_types: list[str] = Field(default_factory=list)  # empty: any type not denied

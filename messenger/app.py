@@ -44,14 +44,16 @@ from chat.service import ChatService
 from chat.sockets import ChatGateway, SocketNotifier
 from chat.store import ConversationStore, MessageStore
 from config.settings import Settings
+from core.answers import Health, Readiness
 from core.clock import Clock, SystemClock
 from core.dispatch import AfterCommit
 from core.events import EventLog
-from core.http import auth_middleware, cors_middleware, errors_middleware
+from core.http import auth_middleware, body_limit_middleware, cors_middleware, errors_middleware
 from core.identity import TokenVerifier
 from core.mongo import MongoEventLog, Outbox
 from core.notify import Notifier
-from core.sockets import without_websocket_compression
+from core.openapi import Route, RouteTable
+from core.sockets import SocketServer, without_websocket_compression
 from messenger import __version__
 from messenger.database import Database, open_database
 from messenger.web import WebClient
@@ -103,7 +105,7 @@ class Container:
     conversations: ConversationStore
     messages: MessageStore
     chat: ChatService
-    sio: socketio.AsyncServer
+    sio: SocketServer
     storage: ObjectStorage
     attachment_store: AttachmentStore
     attachments: AttachmentService
@@ -205,7 +207,7 @@ def build_container(
             settings.redis.url, channel="messenger-socketio", write_only=write_only
         )
         presence = RedisPresence(redis_client)
-    sio = socketio.AsyncServer(
+    sio = SocketServer(
         async_mode="aiohttp",
         client_manager=client_manager,
         cors_allowed_origins=settings.runtime.cors_origins or None,
@@ -446,6 +448,7 @@ def log_what_runs(container: Container, role: str) -> None:
 # --- the HTTP service ---------------------------------------------------------------------------
 
 CONTAINER = web.AppKey("container", Container)
+ROUTES = web.AppKey("routes", RouteTable)  # what the REST API serves, for its description and the suites
 
 
 def create_app(
@@ -455,6 +458,7 @@ def create_app(
     middlewares = [
         cors_middleware(settings.runtime.cors_origins),
         errors_middleware,
+        body_limit_middleware(MAX_REST_BODY),
         auth_middleware(container.verifier),
     ]
     if not settings.runtime.websocket_compression:
@@ -462,14 +466,18 @@ def create_app(
     app = web.Application(middlewares=middlewares, client_max_size=MAX_REST_BODY)
     app[CONTAINER] = container
     container.sio.attach(app)
-    ChatRoutes(container.chat, container.events).register(app)
-    AttachmentRoutes(container.attachments).register(app)
-    DeliveryRoutes(container.deliveries).register(app)
-    ModerationRoutes(container.moderation).register(app)
+    routes = RouteTable()
+    ChatRoutes(container.chat, container.events).register(routes)
+    AttachmentRoutes(container.attachments).register(routes)
+    DeliveryRoutes(container.deliveries).register(routes)
+    ModerationRoutes(container.moderation).register(routes)
+    routes.add(Route("GET", "/healthz", healthz, "the process is alive", answer=Health, public=True))
+    routes.add(Route("GET", "/readyz", readyz, "MongoDB, S3 and clamd reachable", answer=Readiness, public=True,
+                     errors=("not_ready",)))  # fmt: skip
+    routes.add(Route("GET", "/metrics", metrics, "Prometheus metrics", public=True, content_type="text/plain"))
+    routes.mount(app, title="messenger", version=__version__)
+    app[ROUTES] = routes
     WebClient.for_settings(settings, container.embedded_s3).register(app)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
     pipeline = settings.worker.embedded if run_pipeline is None else run_pipeline
 
     async def started(app: web.Application) -> AsyncIterator[None]:

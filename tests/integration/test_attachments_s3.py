@@ -155,7 +155,7 @@ async def test_presigned_post_upload_is_verified_then_downloadable_by_both_parti
         )
         assert response.status == 302
         location = response.headers["Location"]
-        assert "X-Amz-Expires=300" in location and "response-content-disposition=attachment" in location
+        assert "X-Amz-Expires=60" in location and "response-content-disposition=attachment" in location
         signed = parse_qs(urlsplit(location).query)
         assert signed["response-content-disposition"] == [
             "attachment; filename=\"logo.png\"; filename*=UTF-8''logo.png"
