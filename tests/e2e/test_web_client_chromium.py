@@ -131,8 +131,11 @@ class Person:
         self.problems.append(f"dialog opened: {dialog.type} {dialog.message}")
         dialog.dismiss()
 
-    def open_conversation(self, counterpart: str, role: str) -> None:
+    def open_conversation(self, counterpart: str, role: str, order_id: str = "") -> None:
+        if not self.page.locator("#new-conversation").evaluate("d => d.open"):
+            self.page.click("#new-conversation summary")
         self.page.fill("#counterpart", counterpart)
+        self.page.fill("#order-id", order_id)
         self.page.select_option("#role", role)
         self.page.click("#open-conversation")
         self.page.wait_for_selector("#chat:not([hidden])")
