@@ -87,7 +87,7 @@
 
   const trays = {
     composer: {uploads: [], list: () => $('uploads'), onChange: () => { $('send').disabled = busy(trays.composer); }},
-    delivery: {uploads: [], list: () => $('delivery-uploads'), onChange: () => updateDeliverySend()},
+    delivery: {uploads: [], sendWhenReady: false, list: () => $('delivery-uploads'), onChange: () => updateDeliverySend()},
   };
   const busy = (tray) => tray.uploads.some((u) => u.state === 'uploading');
   const readyUploads = (tray) => tray.uploads.filter((u) => u.state === 'done');
@@ -432,11 +432,11 @@
       const name = counterpartName(conversation);
       const button = el('button', {
         className: `conversation${isOpen ? ' open' : ''}`,
-        attrs: {type: 'button', 'aria-current': isOpen ? 'true' : null, 'aria-label': `${name}${unread ? `, ${unread} unread` : ''}${conversation.order_id ? `, order ${conversation.order_id}` : ''}`},
+        attrs: {type: 'button', 'aria-current': isOpen ? 'true' : null},
       }, [
         el('span', {className: 'row spread'}, [
           el('span', {className: 'who', text: `${conversation.starred ? '★ ' : ''}${name}`}),
-          unread > 0 ? el('span', {className: 'badge', text: unread, attrs: {'aria-hidden': 'true'}}) : null,
+          unread > 0 ? el('span', {className: 'badge'}, [document.createTextNode(String(unread)), el('span', {className: 'sr-only', text: ' unread'})]) : null,
         ]),
         el('span', {className: 'muted small', text: contextOf(conversation)}),
         el('span', {className: 'last small', text: previewOf(conversation.last_message)}),
@@ -666,7 +666,10 @@
       state.pending.delete(message.client_id);
     }
     state.messages.set(message.id, message);
-    const changedAt = Math.max(message.seq, message.updated_seq || 0);
+    // The sync point follows seq only: today's server gives an edit `updated_seq = last_seq + 1`
+    // without taking that number, so the next new message gets the same seq (docs/api.md,
+    // "Differences from the contract" 1). Syncing after the highest seq misses nothing either way.
+    const changedAt = message.seq;
     if (!advance) { /* older history: the sync point stays */ }
     else if (state.syncing) state.syncSeen = Math.max(state.syncSeen, changedAt);
     else state.syncPoint = Math.max(state.syncPoint, changedAt);
@@ -782,7 +785,7 @@
     button.addEventListener('click', () => {
       if (container.querySelector(':scope > .report-form')) return;
       const id = `report-${newClientId()}`;
-      const reason = el('textarea', {attrs: {id, rows: 2, maxlength: 2000, required: true}});
+      const reason = el('textarea', {attrs: {id, rows: 2, maxlength: 2000, 'aria-required': 'true'}});
       const send = el('button', {text: 'Send report', attrs: {type: 'submit'}});
       const cancel = el('button', {className: 'secondary', text: 'Cancel', attrs: {type: 'button'}});
       const form = el('form', {className: 'report-form'}, [
@@ -938,8 +941,13 @@
     return request;
   }
 
+  /** A REST answer can cross a push: a delivery's status never goes back (pending, then settled, then decided). */
+  const DELIVERY_RANK = {pending: 0, ready: 1, blocked: 1, accepted: 2, revision_requested: 2};
+
   function receiveDelivery(delivery) {
     if (!delivery || !delivery.id) return;
+    const known = state.deliveries.get(delivery.id);
+    if (known && (DELIVERY_RANK[known.status] ?? 0) > (DELIVERY_RANK[delivery.status] ?? 0)) return;
     state.deliveries.set(delivery.id, delivery);
     for (const message of state.messages.values()) {
       if (message.delivery_id === delivery.id) renderMessage(message);
@@ -959,7 +967,7 @@
   function revisionForm(delivery, card) {
     if (card.querySelector('.revision-form')) return;
     const id = `revision-${delivery.id}`;
-    const reason = el('textarea', {attrs: {id, rows: 2, maxlength: 5000, required: true}});
+    const reason = el('textarea', {attrs: {id, rows: 2, maxlength: 5000, 'aria-required': 'true'}});
     const send = el('button', {text: 'Send revision request', attrs: {type: 'submit'}});
     const cancel = el('button', {className: 'secondary', text: 'Cancel', attrs: {type: 'button'}});
     const form = el('form', {className: 'revision-form'}, [
@@ -982,17 +990,37 @@
     updateDeliverySend();
   }
 
+  /**
+   * Send delivery can be pressed while files are still going up: the delivery is then sent the
+   * moment the last one is complete. A file that failed or was found infected stops it.
+   */
   function updateDeliverySend() {
     const tray = trays.delivery;
-    $('delivery-send').disabled = busy(tray) || !readyUploads(tray).length;
+    const broken = tray.uploads.some((u) => u.state === 'failed' || u.state === 'blocked');
+    if (broken && tray.sendWhenReady) {
+      tray.sendWhenReady = false;
+      showError(new ApiError('delivery_not_sent', 'a file could not be used; remove it and send the delivery again'));
+    }
+    $('delivery-send').disabled = broken || tray.sendWhenReady || !tray.uploads.some((u) => u.state === 'uploading' || u.state === 'done');
+    $('delivery-send').textContent = tray.sendWhenReady ? 'Sending when uploaded…' : 'Send delivery';
+    if (tray.sendWhenReady && !busy(tray) && readyUploads(tray).length) {
+      tray.sendWhenReady = false;
+      sendDelivery();
+    }
   }
 
   async function sendDelivery(event) {
-    event.preventDefault();
+    if (event) event.preventDefault();
     const conversation = state.current;
     const tray = trays.delivery;
     const ready = readyUploads(tray);
-    if (!conversation || !ready.length || busy(tray)) return;
+    if (!conversation || !tray.uploads.length) return;
+    if (busy(tray)) {
+      tray.sendWhenReady = true;
+      updateDeliverySend();
+      return;
+    }
+    if (!ready.length) return;
     $('delivery-send').disabled = true;
     try {
       const delivery = await api('POST', `/orders/${encodeURIComponent(conversation.order_id)}/deliveries`, {
@@ -1001,7 +1029,7 @@
         attachment_ids: ready.map((u) => u.attachment.id),
         client_id: `delivery:${newClientId()}`,
       });
-      state.deliveries.set(delivery.id, delivery);
+      receiveDelivery(delivery);
       tray.uploads = [];
       renderUploads(tray);
       $('delivery-note').value = '';
@@ -1476,7 +1504,11 @@
     $('delivery-add').addEventListener('click', () => $('delivery-files').click());
     $('delivery-files').addEventListener('change', () => addFiles($('delivery-files'), trays.delivery));
     $('delivery-form').addEventListener('submit', sendDelivery);
-    $('delivery-cancel').addEventListener('click', () => $('delivery-dialog').close());
+    $('delivery-cancel').addEventListener('click', () => {
+      trays.delivery.sendWhenReady = false;
+      $('delivery-dialog').close();
+      updateDeliverySend();
+    });
     $('lightbox-close').addEventListener('click', () => $('lightbox').close());
     $('error-close').addEventListener('click', clearError);
     document.addEventListener('visibilitychange', () => {

@@ -149,7 +149,7 @@
     button.addEventListener('click', () => {
       node.querySelector('.decision-form')?.remove();
       const id = `note-${item.id}-${action}`.replace(/[^A-Za-z0-9_-]/g, '-');
-      const note = el('textarea', {attrs: {id, rows: 2, maxlength: 5000, required: true}});
+      const note = el('textarea', {attrs: {id, rows: 2, maxlength: 5000, 'aria-required': 'true'}});
       const confirm = el('button', {text: `Confirm ${action}`, attrs: {type: 'submit'}});
       const cancel = el('button', {className: 'secondary', text: 'Cancel', attrs: {type: 'button'}});
       const problem = el('div', {className: 'error inline', attrs: {role: 'alert'}});
