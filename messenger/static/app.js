@@ -417,9 +417,9 @@
     if (!message) return 'no messages yet';
     if (message.deleted) return 'message deleted';
     if (message.held && message.sender_id !== state.me) return 'waiting for a moderator';
-    if (message.kind === 'delivery') return `📦 delivery${message.text ? `: ${message.text.slice(0, 50)}` : ''}`;
+    if (message.kind === 'delivery') return `Delivery${message.text ? `: ${message.text.slice(0, 50)}` : ''}`;
     if (message.text) return message.text.length > 60 ? `${message.text.slice(0, 60)}…` : message.text;
-    if (message.attachments && message.attachments.length) return `📎 ${message.attachments.length} file(s)`;
+    if (message.attachments && message.attachments.length) return `${message.attachments.length} file(s)`;
     return '';
   }
 
@@ -723,10 +723,10 @@
 
   /** What the sender is told about their own flagged message, and the recipient about theirs. */
   function notesFor(message, mine) {
-    const reasons = (message.flag_reasons || []).map((r) => REASON_LABELS[r] || r);
-    const what = reasons.length ? reasons.join(', ') : 'contact details';
+    const reasons = [...new Set((message.flag_reasons || []).map((r) => REASON_LABELS[r] || r))];
+    const what = reasons.length > 1 ? `${reasons.slice(0, -1).join(', ')} and ${reasons[reasons.length - 1]}` : reasons[0] || 'contact details';
     if (mine && message.held) return `Held for a moderator because it contains ${what}: not delivered yet.`;
-    if (mine && reasons.length) return `The other side sees this without ${what}: contact details are hidden from them.`;
+    if (mine && reasons.length) return `Contact details (${what}) are hidden from the other side.`;
     if (!mine && message.held) return 'This message is waiting for a moderator\'s review.';
     if (!mine && message.contacts_masked) return 'Contact details in this message were hidden.';
     return null;
@@ -905,7 +905,7 @@
     const card = el('div', {className: 'delivery-card', attrs: {'data-delivery-id': message.delivery_id || '', 'data-status': delivery ? delivery.status : 'loading'}});
     const conversation = state.current;
     const order = conversation && conversation.order_id ? ` for order ${conversation.order_id}` : '';
-    card.append(el('div', {className: 'delivery-title', text: `📦 Delivery${order}`}));
+    card.append(el('div', {className: 'delivery-title', text: `Delivery${order}`}));
     if (!delivery) {
       if (message.delivery_id) fetchDelivery(message.delivery_id);
       card.append(el('div', {className: 'small muted', text: 'loading the delivery…'}));

@@ -13,9 +13,9 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import threading
 import re
 import shutil
+import threading
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -47,7 +47,7 @@ HOST_PAGES: dict[str, bytes] = {}
 
 
 class HostPage(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         body = HOST_PAGES.get(self.path, b"not found")
         self.send_response(200 if self.path in HOST_PAGES else 404)
         self.send_header("Content-Type", "text/html; charset=utf-8")
@@ -57,12 +57,15 @@ class HostPage(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+
 AXE = REPO / "web/node_modules/axe-core/axe.min.js"
 CONTACTS = "Call me on +1 415 555 0134 or write to bob@example.com"
 AXE_RUN = """async () => {
   const result = await axe.run(document, {resultTypes: ['violations']});
   return result.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical')
-    .map((v) => ({id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.slice(0, 3).map((n) => n.target.join(' '))}));
+    .map((v) => ({id: v.id, impact: v.impact, help: v.help,
+                  nodes: v.nodes.slice(0, 3).map((n) => n.target.join(' '))}));
 }"""
 
 
@@ -123,8 +126,10 @@ def send(person: Person, text: str) -> None:
 
 
 def messages(person: Person) -> Any:
-    return person.page.get_by_role("list", name="Messages").get_by_role("listitem").filter(
-        has=person.page.locator(".bubble")
+    return (
+        person.page.get_by_role("list", name="Messages")
+        .get_by_role("listitem")
+        .filter(has=person.page.locator(".bubble"))
     )
 
 
@@ -148,7 +153,8 @@ def padded_eicar(path: Path, size: int) -> None:
 
 
 def test_a_buyer_and_a_seller_chat_live_and_the_buyer_also_reads_on_a_phone(
-    service: RunningService, browser: Any  # noqa: F811
+    service: RunningService,
+    browser: Any,  # noqa: F811
 ) -> None:
     run = uuid.uuid4().hex[:6]
     buyer_id, seller_id = f"buyer-{run}", f"seller-{run}"
@@ -204,7 +210,7 @@ def test_a_buyer_and_a_seller_chat_live_and_the_buyer_also_reads_on_a_phone(
         seller.message("sent while you were offline").wait_for()
         assert seller.page.text_content("#chat-title") == buyer_id
         # Read before the reload, so no unread badge comes back.
-        assert seller.page.locator(f"#conversations li[data-unread='0']").count() == 1
+        assert seller.page.locator("#conversations li[data-unread='0']").count() == 1
         # Messages of one sender close together share one header; the day is shown once.
         assert seller.page.locator(".message .day").all_text_contents() == ["Today"]
         check_accessibility(seller, "conversation")
@@ -375,6 +381,9 @@ def test_contact_details_are_held_for_a_moderator_and_reach_the_buyer_masked(
         held.wait_for()
         assert "waiting for a moderator" in (held.text_content() or "")
         assert "415" not in (held.text_content() or "") and "bob@" not in (held.text_content() or "")
+        check_accessibility(buyer, "held message")
+        screenshot(seller, "web-held-sender")
+        screenshot(buyer, "web-held-recipient")
         # A file too large to scan, sent in the chat: the moderator will reject it.
         big = tmp_path / "portfolio.png"
         make_png(big, (700, 700), noise=True)
@@ -401,7 +410,7 @@ def test_contact_details_are_held_for_a_moderator_and_reach_the_buyer_masked(
         masked = buyer.page.locator(".message.theirs").filter(has_text="Contact details in this message were hidden")
         masked.wait_for()
         assert "bob@example.com" not in (masked.text_content() or "")
-        assert seller.message(CONTACTS).locator(".notes").filter(has_text="hidden from them").count() == 1
+        assert seller.message(CONTACTS).locator(".notes").filter(has_text="hidden from the other side").count() == 1
         rejected = buyer.message("and my portfolio").locator(".attachment[data-status='rejected']")
         rejected.wait_for()
         assert rejected.locator("a.download").count() == 0
@@ -411,7 +420,6 @@ def test_contact_details_are_held_for_a_moderator_and_reach_the_buyer_masked(
         masked.get_by_role("button", name="Send report").click()
         masked.get_by_text("Reported to the moderators").wait_for()
         check_accessibility(buyer, "masked message and report")
-        screenshot(seller, "web-held-sender")
         screenshot(buyer, "web-masked-recipient")
         assert all(p.problems == [] for p in (buyer, seller, moderator)), [buyer.problems, seller.problems]
     finally:
