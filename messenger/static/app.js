@@ -440,6 +440,9 @@
         ]),
         el('span', {className: 'muted small', text: contextOf(conversation)}),
         el('span', {className: 'last small', text: previewOf(conversation.last_message)}),
+        (conversation.labels || []).length
+          ? el('span', {className: 'labels small'}, conversation.labels.map((label) => el('span', {className: 'label', text: label})))
+          : null,
       ]);
       button.addEventListener('click', () => openConversation(conversation));
       list.append(el('li', {attrs: {'data-id': conversation.id, 'data-unread': unread}}, [button]));
@@ -561,6 +564,7 @@
     const inbox = Boolean(conversation && state.inbox);
     $('star').hidden = !inbox;
     $('archive').hidden = !inbox;
+    $('mark-unread').hidden = !inbox;
     if (conversation) {
       $('star').setAttribute('aria-pressed', String(Boolean(conversation.starred)));
       $('archive').setAttribute('aria-pressed', String(Boolean(conversation.archived)));
@@ -1488,6 +1492,17 @@
     }
     $('star').addEventListener('click', () => patchCurrent({starred: !(state.current && state.current.starred)}));
     $('archive').addEventListener('click', () => patchCurrent({archived: !(state.current && state.current.archived)}));
+    $('mark-unread').addEventListener('click', async () => {
+      const conversation = state.current;
+      if (!conversation) return;
+      await patchCurrent({unread: true});
+      if (state.inbox) {
+        state.localRead.delete(conversation.id);
+        closeConversation();
+        sessionStorage.removeItem(OPEN_KEY);
+        refreshConversations();
+      }
+    });
     $('back').addEventListener('click', () => { showScreen('list'); $('conversations').querySelector('button')?.focus(); });
     $('older').addEventListener('click', loadOlder);
     $('composer').addEventListener('submit', sendComposed);

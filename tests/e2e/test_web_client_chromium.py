@@ -85,7 +85,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService
         require_page(running)
         if fetch_raw(running, "/static/socket.io.min.js")[0] != 200:
             pytest.fail(
-                "the service found no socket.io client to serve; install it with: npm ci --prefix tests/e2e/js"
+                "the service found no socket.io client to serve; install it with: npm ci --prefix web"
                 " (or point MESSENGER_SOCKETIO_JS at socket.io-client's dist/socket.io.min.js)"
             )
         yield running
