@@ -474,6 +474,13 @@ def test_a_host_page_embeds_one_conversation_and_hands_over_the_token_by_post_me
         shots = os.environ.get("MESSENGER_SCREENSHOT_DIR")
         if shots:
             page.screenshot(path=str(Path(shots) / "web-embed.png"))
+
+        # The contract's sign-in link `/?token=…` works too, and the token leaves the address bar at once.
+        direct = context.new_page()
+        direct.goto(f"{service.url}/?token={token}")
+        direct.wait_for_selector("#connection[data-state='live']")
+        direct.get_by_role("list", name="Conversations").get_by_role("listitem").filter(has_text=seller_id).wait_for()
+        assert token not in direct.url
     finally:
         context.close()
 
