@@ -59,7 +59,8 @@
     conversations: new Map(),  // id -> conversation
     conversationCursor: null,
     filter: 'all',
-    inbox: false,              // the server has the contract 1.1 inbox (starred, archived, filters)
+    inbox: false,              // the server has the contract 1.1 inbox (starred, archived, filters, search)
+    searchWorks: null,         // false once /search answered 404/405
     current: null,             // the open conversation
     messages: new Map(),       // message id -> message, open conversation only
     syncPoint: 0,              // every change up to this seq is on screen (the `sync` after_seq)
@@ -401,9 +402,12 @@
     }
   }
 
+  /** Filters, search, Star, Archive and Mark unread come with contract 1.1; an older server shows none of them. */
   function setInboxSupport(supported) {
     state.inbox = supported;
     $('filters').hidden = !supported;
+    if (!supported) $('search-form').hidden = true;
+    else if (state.searchWorks !== false) $('search-form').hidden = false;
     renderChatActions();
   }
 
@@ -501,7 +505,10 @@
       $('search-results').hidden = false;
     } catch (error) {
       // Search comes with contract 1.1; on an older server the box goes away quietly.
-      if (M.isMissingRoute(error)) $('search-form').hidden = true;
+      if (M.isMissingRoute(error)) {
+        state.searchWorks = false;
+        $('search-form').hidden = true;
+      }
       else showError(error);
     }
   }
