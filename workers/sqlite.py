@@ -21,10 +21,17 @@ SCHEMA: list[list[str]] = [
 class SqliteRelayCheckpoints:
     def __init__(self, engine: SqliteEngine) -> None:
         self._engine = engine
+        self._migrated = False
+
+    async def _ready(self) -> SqliteEngine:
+        # Only a process that relays needs the table, so it is made on first use, not at every start.
+        if not self._migrated:
+            await self._engine.migrate("relay", SCHEMA)
+            self._migrated = True
+        return self._engine
 
     async def ensure(self, name: str) -> None:
-        await self._engine.migrate("relay", SCHEMA)
-        await self._engine.run(
+        await (await self._ready()).run(
             lambda c: c.execute(
                 "INSERT OR IGNORE INTO relay_checkpoints (name, position, lease_owner, lease_until, updated_at)"
                 " VALUES (?, 0, NULL, 0.0, ?)",
@@ -41,7 +48,7 @@ class SqliteRelayCheckpoints:
             ).fetchone()
             return int(row[0]) if row else None
 
-        return await self._engine.run(claim)
+        return await (await self._ready()).run(claim)
 
     async def advance(
         self, name: str, owner: str, position: int, sent: int, *, now: float, lease_seconds: float
@@ -54,10 +61,10 @@ class SqliteRelayCheckpoints:
             )
             return moved.rowcount > 0
 
-        return await self._engine.run(advance)
+        return await (await self._ready()).run(advance)
 
     async def release(self, name: str, owner: str) -> None:
-        await self._engine.run(
+        await (await self._ready()).run(
             lambda c: c.execute(
                 "UPDATE relay_checkpoints SET lease_until = 0.0 WHERE name = ? AND lease_owner = ?", (name, owner)
             )
@@ -68,4 +75,4 @@ class SqliteRelayCheckpoints:
             row = c.execute("SELECT position FROM relay_checkpoints WHERE name = ?", (name,)).fetchone()
             return int(row[0]) if row else None
 
-        return await self._engine.run(position, write=False)
+        return await (await self._ready()).run(position, write=False)
