@@ -400,7 +400,8 @@ async def test_two_relays_on_one_database_publish_once_and_fail_over(
     [holder] = [r for r in relays if r.holds_lease]
     [standby] = [r for r in relays if not r.holds_lease]
     # The lease is the holder's: the standby cannot claim it.
-    assert await wired.container.relay_checkpoints.claim("kafka", standby.owner_id, now=time.time(), lease_seconds=5) is None
+    checkpoints = wired.container.relay_checkpoints
+    assert await checkpoints.claim("kafka", standby.owner_id, now=time.time(), lease_seconds=5) is None
 
     # The holder stops cleanly: it hands the lease over, the standby publishes what follows.
     tasks[relays.index(holder)].cancel()
