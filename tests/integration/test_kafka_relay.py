@@ -321,9 +321,7 @@ class CrashBeforeCheckpoint(KafkaRelay):
 async def test_a_crash_before_the_checkpoint_resends_and_loses_nothing(kafka_bootstrap: str, wired: Wired) -> None:
     settings = settings_for(kafka_bootstrap, batch_size=10)
     events = await append_messages(wired, 25)
-    crashing = CrashBeforeCheckpoint(
-        settings, wired.events, wired.container.relay_checkpoints, lease_seconds=0.3
-    )
+    crashing = CrashBeforeCheckpoint(settings, wired.events, wired.container.relay_checkpoints, lease_seconds=0.3)
     await crashing.start()
     assert await crashing.relay_once() == 10
     assert await crashing.relay_once() == 10

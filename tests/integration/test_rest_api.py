@@ -216,7 +216,6 @@ async def test_readiness_is_503_naming_the_database_when_it_is_unreachable(aioht
     async def unreachable() -> None:
         raise ConnectionError("down")
 
-
     app[CONTAINER].database.ping = unreachable  # type: ignore[method-assign]
     response = await client.get("/readyz")
     body = await response.json()
