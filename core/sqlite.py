@@ -133,23 +133,6 @@ class SqliteEngine:
 
         return await self.run(apply)
 
-    async def backup(self, destination: str | Path) -> None:
-        """A consistent copy of the whole database while it serves (SQLite's online backup API)."""
-
-        def copy(connection: Connection) -> None:
-            target = sqlite3.connect(destination)
-            try:
-                # Pages in steps, so writers are held up for one step at a time, never for the whole copy.
-                connection.backup(target, pages=256)
-            finally:
-                target.close()
-
-        if self._closed:
-            raise RuntimeError("the database is closed")
-        loop = asyncio.get_running_loop()
-        # Not in a transaction: the backup API restarts itself when a write lands mid-copy.
-        await loop.run_in_executor(self._executor, lambda: copy(self._connect()))
-
     async def ping(self) -> None:
         await self.run(lambda c: c.execute("SELECT 1").fetchone(), write=False)
 
@@ -166,6 +149,31 @@ class SqliteEngine:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, shut)
         self._executor.shutdown(wait=True)
+
+
+def backup_file(source: Path, destination: Path) -> None:
+    """A consistent copy of a database in use, from any process (SQLite's online backup API).
+
+    The copy is one step, so it reads one snapshot (one read transaction); in WAL mode writers
+    carry on meanwhile. It is written beside `destination` and renamed, so a copy that is there is whole.
+    """
+    if not source.is_file():
+        raise FileNotFoundError(f"no database at {source}")
+    partial = destination.with_name(destination.name + ".partial")
+    partial.unlink(missing_ok=True)
+    live = sqlite3.connect(source)
+    try:
+        copy = sqlite3.connect(partial)
+        try:
+            live.backup(copy)
+            checked = copy.execute("PRAGMA quick_check").fetchone()[0]
+            if checked != "ok":
+                raise RuntimeError(f"the copy of {source} failed its check: {checked}")
+        finally:
+            copy.close()
+    finally:
+        live.close()
+    partial.replace(destination)
 
 
 # --- records as rows: a typed codec, so every record round-trips exactly -------------------------
@@ -300,6 +308,7 @@ __all__ = [
     "SqliteEngine",
     "SqliteEventLog",
     "append_events",
+    "backup_file",
     "from_ms",
     "in_list",
     "opt_ms",
