@@ -56,7 +56,15 @@ def all_events(service: RunningService) -> list[dict[str, Any]]:
 
 
 def history(service: RunningService, user: str, conversation_id: str) -> list[dict[str, Any]]:
-    return list(call(service, user, "GET", f"/conversations/{conversation_id}/messages?limit=1000")["messages"])
+    """The whole conversation, oldest first, paging back from the newest."""
+    messages: list[dict[str, Any]] = []
+    path = f"/conversations/{conversation_id}/messages?limit=200"
+    while True:
+        page = call(service, user, "GET", path)
+        messages = page["messages"] + messages
+        if not page["has_more"]:
+            return messages
+        path = f"/conversations/{conversation_id}/messages?limit=200&before_seq={page['messages'][0]['seq']}"
 
 
 async def eventually(check: Any, timeout: float = 10.0) -> Any:  # noqa: ASYNC109 (a polling helper)
@@ -122,10 +130,13 @@ async def test_every_acknowledged_write_survives_a_restart(tmp_path: Path, stop_
         ]
         await eventually(lambda: len(streams[0]) + len(streams[1]) >= 40)
         service.process.send_signal(stop_with)
-        await asyncio.wait_for(asyncio.gather(*writers), timeout=30)
-        await asyncio.to_thread(service.process.wait, 30)
+        # A stopping service keeps serving the connections it has until they close (aiohttp's
+        # graceful shutdown): the clients go away shortly after, as they would when it stops answering.
+        await asyncio.sleep(0.3)
         for person in (buyer, seller):
             await person.close()
+        await asyncio.wait_for(asyncio.gather(*writers), timeout=30)
+        await asyncio.to_thread(service.process.wait, 30)
         acked += streams[0] + streams[1]
     finally:
         stop_service(service)
