@@ -67,8 +67,21 @@ class AuthSettings(_Section):
 
 class MongoSettings(_Section):
     model_config = SettingsConfigDict(env_prefix="MONGODB_", extra="ignore", frozen=True)
-    uri: str | None = None  # unset: the in-process engine of the embedded default
+    uri: str | None = None  # unset: SQLite in MESSENGER_DATA_DIR (one node); set: a replica set (several nodes)
     database: str = "messenger"
+
+
+class SqliteSettings(_Section):
+    """The embedded database (`<MESSENGER_DATA_DIR>/messenger.db`), used when MONGODB_URI is unset."""
+
+    model_config = SettingsConfigDict(env_prefix="SQLITE_", extra="ignore", frozen=True)
+    # NORMAL: every acknowledged write survives the process dying; FULL: also the machine losing power.
+    synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+
+    @field_validator("synchronous", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
 
 
 class ChatSettings(_Section):
@@ -176,6 +189,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "runtime": RuntimeSettings,
     "auth": AuthSettings,
     "mongo": MongoSettings,
+    "sqlite": SqliteSettings,
     "chat": ChatSettings,
     "redis": RedisSettings,
     "s3": S3Settings,
@@ -192,6 +206,7 @@ class Settings:
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     mongo: MongoSettings = field(default_factory=MongoSettings)
+    sqlite: SqliteSettings = field(default_factory=SqliteSettings)
     chat: ChatSettings = field(default_factory=ChatSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
     s3: S3Settings = field(default_factory=S3Settings)
@@ -246,7 +261,7 @@ def _refuse_inconsistent(settings: Settings) -> None:
     if settings.redis.url and not settings.mongo.uri:
         problems.append(
             "REDIS_URL runs several nodes, and they must share one database: set MONGODB_URI"
-            " (the embedded engine lives inside one process)"
+            " (the embedded SQLite database serves one node)"
         )
     k = settings.kafka
     if k.security_protocol.startswith("SASL") and not (k.sasl_mechanism and k.sasl_username and k.sasl_password):
@@ -273,8 +288,12 @@ def _refuse_unsafe_production(settings: Settings) -> None:
         problems.append("JWT_SECRET must be at least 32 characters")
     if settings.auth.algorithm == "RS256" and not settings.auth.public_key:
         problems.append("JWT_PUBLIC_KEY must be set when JWT_ALGORITHM=RS256")
-    if not settings.mongo.uri:
-        problems.append("MONGODB_URI must point at a MongoDB replica set (the embedded engine is refused)")
+    if not settings.mongo.uri and not settings.worker.embedded:
+        # SQLite serves one node well; separate worker processes cannot share it.
+        problems.append(
+            "MONGODB_URI must point at a MongoDB replica set when WORKER_EMBEDDED=false"
+            " (separate `messenger worker` processes cannot share the embedded SQLite database)"
+        )
     if settings.s3.embedded:
         problems.append("S3_EMBEDDED must not be true (the embedded S3 server keeps files in memory)")
     if problems:

@@ -21,22 +21,18 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from attachments.deliveries.model import DeliveryChanged
-from attachments.deliveries.mongo import MongoDeliveryStore
 from attachments.deliveries.service import DeliveryService
 from attachments.deliveries.store import DeliveryStore
 from attachments.embedded_s3 import EmbeddedS3
 from attachments.files.model import AttachmentChanged, AttachmentStatus
-from attachments.files.mongo import MongoAttachmentStore
 from attachments.files.service import AttachmentService
 from attachments.files.store import AttachmentStore
-from attachments.moderation.mongo import MongoModerationStore
 from attachments.moderation.service import ModerationQueue, ModerationService
 from attachments.moderation.store import ModerationStore
 from attachments.rest import AttachmentRoutes, DeliveryRoutes, ModerationRoutes
 from attachments.storage import ObjectStorage, S3Storage
 from chat.locks import LocalLocks, RedisLocks
 from chat.metrics import ChatMetrics
-from chat.mongo import MongoConversationStore, MongoMessageStore
 from chat.ports import NoAttachments
 from chat.presence import LocalPresence, PresenceTracker, RedisPresence
 from chat.rest import ChatRoutes
@@ -50,17 +46,17 @@ from core.dispatch import AfterCommit
 from core.events import EventLog
 from core.http import auth_middleware, body_limit_middleware, cors_middleware, errors_middleware
 from core.identity import TokenVerifier
-from core.mongo import MongoEventLog, Outbox
+from core.mongo import Outbox
 from core.notify import Notifier
 from core.openapi import Route, RouteTable
 from core.sockets import SocketServer, without_websocket_compression
 from messenger import __version__
-from messenger.database import Database, open_database
+from messenger.database import Database, Stores, open_stores
 from messenger.web import WebClient
 from scanner import ClamdClient, ClamdUnavailable, EmbeddedClamd, ScanResult, Verdict
-from workers.mongo import MongoRelayCheckpoints
 from workers.pipeline import AttachmentPipeline, PipelineMetrics, Scanner
 from workers.previews import LocalPreviewRenderer, PreviewRenderer
+from workers.relay_store import RelayCheckpoints
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +96,9 @@ class Container:
     registry: CollectorRegistry
     verifier: TokenVerifier
     events: EventLog
-    outbox: Outbox
+    # Only MongoDB needs one: on SQLite a write and its events commit in one transaction.
+    outbox: Outbox | None
+    relay_checkpoints: RelayCheckpoints
     reactions: AfterCommit
     conversations: ConversationStore
     messages: MessageStore
@@ -159,9 +157,9 @@ class Container:
         workers = "inside this process" if s.worker.embedded else "separate `messenger worker` processes"
         previews = "Cloudinary" if s.preview.cloudinary_url else "local renderer (Pillow, pypdfium2)"
         events = (
-            f"Kafka at {s.kafka.bootstrap_servers} (relayed from the outbox)"
+            f"Kafka at {s.kafka.bootstrap_servers} (relayed from the event log)"
             if s.kafka.bootstrap_servers
-            else "durable outbox only"
+            else "the durable event log only"
         )
         nodes = (
             "shared through Redis (several nodes)"
@@ -181,20 +179,25 @@ class Container:
 
 
 def build_container(
-    settings: Settings, *, notifier: Notifier | None = None, write_only: bool = False, ports: Ports | None = None
+    settings: Settings,
+    *,
+    notifier: Notifier | None = None,
+    write_only: bool = False,
+    ports: Ports | None = None,
+    stores: Stores | None = None,
 ) -> Container:
     """Wire every part. `write_only` is for workers: they emit to sockets (through Redis) but serve none.
 
-    `ports` replaces adapters to the outside (tests hand in fakes); everything else is wired as always.
+    `ports` replaces adapters to the outside (tests hand in fakes), `stores` the store adapters the
+    settings choose (tests wire MongoDB's onto mongomock this way); everything else is wired as always.
     """
     ports = ports or Ports()
     clock = ports.clock or SystemClock()
-    database = open_database(settings.mongo)
-    db = database.db
+    stores = stores or open_stores(settings)
+    database = stores.database
     registry = CollectorRegistry()
     metrics = ChatMetrics(registry)
-    events = MongoEventLog(db)
-    outbox = Outbox(db, events)
+    events = stores.events
     reactions = AfterCommit()
     redis_client = None
     client_manager = None
@@ -217,8 +220,8 @@ def build_container(
     )
     if notifier is None:
         notifier = SocketNotifier(client_manager if write_only and client_manager is not None else sio)
-    conversations: ConversationStore = MongoConversationStore(db)
-    messages: MessageStore = MongoMessageStore(db, outbox)
+    conversations: ConversationStore = stores.conversations
+    messages: MessageStore = stores.messages
     # Sends hold their conversation's lock across nodes, so pushes leave in seq order everywhere.
     locks = RedisLocks(redis_client) if redis_client is not None else LocalLocks()
     chat = ChatService(
@@ -229,12 +232,12 @@ def build_container(
     storage: ObjectStorage = ports.storage or S3Storage(
         settings.s3, endpoint_url=embedded_s3.endpoint_url if embedded_s3 else None, embedded=embedded_s3 is not None
     )
-    attachment_store: AttachmentStore = MongoAttachmentStore(db, outbox)
+    attachment_store: AttachmentStore = stores.attachments
     attachments = AttachmentService(settings.attachments, attachment_store, storage, chat, reactions, notifier, clock)
     chat.use_attachments(attachments)
-    delivery_store: DeliveryStore = MongoDeliveryStore(db, outbox)
+    delivery_store: DeliveryStore = stores.deliveries
     deliveries = DeliveryService(delivery_store, chat, attachments, reactions, notifier, clock)
-    moderation_store: ModerationStore = MongoModerationStore(db, outbox)
+    moderation_store: ModerationStore = stores.moderation
     moderation_queue = ModerationQueue(moderation_store, events)
     moderation = ModerationService(moderation_store, moderation_queue, chat, attachments, clock)
     # The in-process reactions to committed changes, registered once (core/dispatch.py). The
@@ -271,7 +274,8 @@ def build_container(
         registry=registry,
         verifier=TokenVerifier(settings.auth),
         events=events,
-        outbox=outbox,
+        outbox=stores.outbox,
+        relay_checkpoints=stores.relay_checkpoints,
         reactions=reactions,
         conversations=conversations,
         messages=messages,
@@ -306,8 +310,9 @@ def build_container(
 async def database_started(container: Container) -> AsyncIterator[None]:
     try:
         await ensure_schemas(container)
-        # A crash may have left events in documents; move them before serving.
-        await container.outbox.sweep()
+        if container.outbox is not None:
+            # A crash may have left events in documents; move them before serving.
+            await container.outbox.sweep()
         yield
     finally:
         if container.redis is not None:
@@ -363,7 +368,8 @@ async def loops_started(container: Container, *, pipeline: bool, housekeeping: b
     def spawn(name: str, job: Callable[[], Any]) -> None:
         tasks.append(asyncio.create_task(job(), name=name))
 
-    spawn("outbox-sweeper", container.outbox.run_sweeper)
+    if container.outbox is not None:
+        spawn("outbox-sweeper", container.outbox.run_sweeper)
     if housekeeping:
         spawn("housekeeping", lambda: housekeeping_forever(container))
         spawn("moderation-queue", container.moderation_queue.run_forever)
@@ -380,7 +386,7 @@ async def loops_started(container: Container, *, pipeline: bool, housekeeping: b
     if container.settings.kafka.bootstrap_servers:
         from workers.kafka_relay import KafkaRelay
 
-        relay = KafkaRelay(container.settings.kafka, container.events, MongoRelayCheckpoints(container.database.db))
+        relay = KafkaRelay(container.settings.kafka, container.events, container.relay_checkpoints)
         spawn("kafka-relay", relay.run_forever)
     try:
         yield
@@ -530,7 +536,7 @@ async def readyz(request: web.Request) -> web.Response:
         except Exception as exc:
             checks[name] = f"unreachable: {type(exc).__name__}: {exc}"[:300]
 
-    await check("mongodb", container.database.ping)
+    await check(container.database.name, container.database.ping)
     await check("s3", container.storage.ping)
     if container.scans_here:
         await check("clamd", container.scanner.ping)

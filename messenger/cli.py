@@ -1,4 +1,4 @@
-"""The `messenger` command: `serve` runs the service, `token` prints a token to try it with."""
+"""The `messenger` command: `serve` runs the service, `backup` copies its data, `token` prints a token."""
 
 from __future__ import annotations
 
@@ -30,6 +30,11 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("worker", help="run the attachment pipeline (scan, preview, release) and the event relay")
 
+    backup = commands.add_parser(
+        "backup", help="copy the embedded database and files, consistently, while the service runs"
+    )
+    backup.add_argument("destination", help="a new directory; it becomes a data dir to restore from")
+
     token = commands.add_parser("token", help="print a token signed with the configured secret")
     token.add_argument("user_id")
     token.add_argument("--name")
@@ -57,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         print(token_text)
         return 0
 
+    if args.command == "backup":
+        return run_backup(settings, args.destination)
+
     configure_logging(settings.runtime.log_level)
     if args.command == "worker":
         if not settings.mongo.uri:
@@ -71,6 +79,27 @@ def main(argv: list[str] | None = None) -> int:
 
     log.info("messenger %s serving http://%s:%d (env %s)", __version__, args.host, args.port, settings.runtime.env)
     web.run_app(create_app(settings), host=args.host, port=args.port, print=None, access_log=None, handle_signals=True)
+    return 0
+
+
+def run_backup(settings: Settings, destination: str) -> int:
+    from pathlib import Path
+
+    from messenger.backup import backup
+
+    if settings.mongo.uri:
+        print(
+            "messenger: backup copies the embedded SQLite database; with MONGODB_URI back up MongoDB itself"
+            " (mongodump, or your provider's snapshots) and the S3 bucket",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        report = backup(Path(settings.runtime.data_dir).absolute(), Path(destination).absolute())
+    except (OSError, RuntimeError) as exc:
+        print(f"messenger: backup failed: {exc}", file=sys.stderr)
+        return 1
+    print(report.summary())
     return 0
 
 

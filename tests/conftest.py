@@ -1,7 +1,9 @@
 """Shared fixtures: settings, tokens, and the chat service wired the way the composition root wires it.
 
-Set MONGODB_URI to run the same tests against a real MongoDB replica set; each test then uses a
-database of its own.
+By default the stores are the embedded default's (SQLite in the test's data dir). Set MONGODB_URI
+to run the same tests against a real MongoDB replica set; each test then uses a database of its
+own. `mongo_wired` wires the MongoDB adapters explicitly (on mongomock unless MONGODB_URI is set),
+for the tests of what only MongoDB has, such as the outbox.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from config.settings import Settings, load_settings
 from core.identity import Identity, issue_token
 from core.notify import RecordingNotifier
 from messenger.app import Container, build_container, ensure_schemas
+from messenger.database import Stores, mongo_stores
 
 TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 
@@ -67,9 +70,21 @@ class Wired:
         self.events = container.events
 
 
-async def wire(settings: Settings) -> Wired:
+def mongomock_stores(settings: Settings) -> Stores:
+    """The MongoDB adapters on the in-process engine (mongomock), as a replica set would be used."""
+    from mongomock_motor import AsyncMongoMockClient
+
+    from tests.support import embedded_mongo
+
+    embedded_mongo.install()  # before the client exists: its collections wrap these methods
+    client = AsyncMongoMockClient(tz_aware=True)
+    return mongo_stores(client, settings.mongo.database, "mongomock (tests)", embedded=True)
+
+
+async def wire(settings: Settings, *, mongo: bool = False) -> Wired:
     notifier = RecordingNotifier()
-    container = build_container(settings, notifier=notifier)
+    stores = mongomock_stores(settings) if mongo and not settings.mongo.uri else None
+    container = build_container(settings, notifier=notifier, stores=stores)
     await ensure_schemas(container)
     return Wired(container, notifier)
 
@@ -77,6 +92,13 @@ async def wire(settings: Settings) -> Wired:
 @pytest.fixture
 async def wired() -> AsyncIterator[Wired]:
     w = await wire(make_settings())
+    yield w
+    await w.container.database.close()
+
+
+@pytest.fixture
+async def mongo_wired() -> AsyncIterator[Wired]:
+    w = await wire(make_settings(), mongo=True)
     yield w
     await w.container.database.close()
 

@@ -337,12 +337,16 @@ async def test_abort_and_expiry_delete_what_was_uploaded(chat: Chat) -> None:
     assert await chat.client.app[CONTAINER].storage.head(grant["upload"]["fields"]["key"]) is None
 
     stale = await chat.upload(png_bytes())
-    store = chat.client.app[CONTAINER].database.db["attachments"]
     from datetime import UTC, datetime, timedelta
 
-    await store.update_one(
-        {"_id": stale["attachment"]["id"]}, {"$set": {"expires_at": datetime.now(UTC) - timedelta(seconds=1)}}
+    from attachments.files.model import AttachmentStatus
+
+    expired = await chat.client.app[CONTAINER].attachment_store.move(
+        stale["attachment"]["id"],
+        from_statuses=[AttachmentStatus.AWAITING_UPLOAD],
+        changes={"expires_at": datetime.now(UTC) - timedelta(seconds=1)},
     )
+    assert expired is not None
     assert await chat.client.app[CONTAINER].attachments.expire_stale_uploads() == 1
     doc = await chat.status_in_store(stale["attachment"]["id"])
     assert (doc["status"], doc["reason"]) == ("rejected", "upload_expired")

@@ -31,7 +31,7 @@ from tests.conftest import Wired, logged
 from tests.integration import kafka_broker
 from tests.integration.kafka_broker import TansuBroker
 from workers.kafka_relay import KafkaRelay, topic_for
-from workers.mongo import CHECKPOINTS_COLLECTION, MongoRelayCheckpoints
+from workers.mongo import MongoRelayCheckpoints
 
 # The module-scoped broker fixtures (one tansu for the whole module).
 tansu = kafka_broker.tansu
@@ -59,7 +59,7 @@ def settings_for(bootstrap: str, **overrides: Any) -> KafkaSettings:
 
 
 def relay_for(settings: KafkaSettings, wired: Wired, **kwargs: Any) -> KafkaRelay:
-    return KafkaRelay(settings, wired.events, MongoRelayCheckpoints(wired.container.database.db), **kwargs)
+    return KafkaRelay(settings, wired.events, wired.container.relay_checkpoints, **kwargs)
 
 
 async def drain(relay: KafkaRelay) -> int:
@@ -118,9 +118,10 @@ async def append_messages(wired: Wired, count: int, keys: int = 5, start: int = 
 
 
 async def checkpoint(wired: Wired) -> dict[str, Any]:
-    doc = await wired.container.database.db[CHECKPOINTS_COLLECTION].find_one({"_id": "kafka"})
-    assert doc is not None
-    return dict(doc)
+    # Through the store interface, so this reads the same on SQLite and on MongoDB.
+    position = await wired.container.relay_checkpoints.position("kafka")
+    assert position is not None
+    return {"position": position}
 
 
 async def wait_for(condition: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
@@ -320,9 +321,7 @@ class CrashBeforeCheckpoint(KafkaRelay):
 async def test_a_crash_before_the_checkpoint_resends_and_loses_nothing(kafka_bootstrap: str, wired: Wired) -> None:
     settings = settings_for(kafka_bootstrap, batch_size=10)
     events = await append_messages(wired, 25)
-    crashing = CrashBeforeCheckpoint(
-        settings, wired.events, MongoRelayCheckpoints(wired.container.database.db), lease_seconds=0.3
-    )
+    crashing = CrashBeforeCheckpoint(settings, wired.events, wired.container.relay_checkpoints, lease_seconds=0.3)
     await crashing.start()
     assert await crashing.relay_once() == 10
     assert await crashing.relay_once() == 10
@@ -398,7 +397,9 @@ async def test_two_relays_on_one_database_publish_once_and_fail_over(
     await wait_for(lambda: _checkpoint_at(wired, 60))
     [holder] = [r for r in relays if r.holds_lease]
     [standby] = [r for r in relays if not r.holds_lease]
-    assert (await checkpoint(wired))["lease_owner"] == holder.owner_id
+    # The lease is the holder's: the standby cannot claim it.
+    checkpoints = wired.container.relay_checkpoints
+    assert await checkpoints.claim("kafka", standby.owner_id, now=time.time(), lease_seconds=5) is None
 
     # The holder stops cleanly: it hands the lease over, the standby publishes what follows.
     tasks[relays.index(holder)].cancel()
@@ -428,5 +429,4 @@ async def test_idempotence_against_a_broker_without_it_fails_loudly_and_retries(
         assert any("KAFKA_IDEMPOTENCE=false" in r.getMessage() for r in caplog.records)
     finally:
         await relay.stop()
-    progress = await wired.container.database.db[CHECKPOINTS_COLLECTION].find_one({"_id": "kafka"})
-    assert progress is None or progress["position"] == 0
+    assert await wired.container.relay_checkpoints.position("kafka") in (None, 0)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from messenger.app import create_app
+from messenger.app import CONTAINER, create_app
 from tests.conftest import make_settings
 
 API = "/api/v1"
@@ -195,7 +195,8 @@ async def test_events_are_for_moderators_and_page_with_next(client: TestClient, 
 async def test_health_readiness_and_metrics(client: TestClient, token_for: Callable[..., str]) -> None:
     assert (await client.get("/healthz")).status == 200
     ready = await client.get("/readyz")
-    assert ready.status == 200 and (await ready.json())["checks"]["mongodb"] == "ok"
+    database = client.app[CONTAINER].database.name  # "sqlite" on the embedded default, "mongodb" with MONGODB_URI
+    assert ready.status == 200 and (await ready.json())["checks"][database] == "ok"
     alice = auth(token_for("alice"))
     cid = (
         await (
@@ -215,12 +216,10 @@ async def test_readiness_is_503_naming_the_database_when_it_is_unreachable(aioht
     async def unreachable() -> None:
         raise ConnectionError("down")
 
-    from messenger.app import CONTAINER
-
     app[CONTAINER].database.ping = unreachable  # type: ignore[method-assign]
     response = await client.get("/readyz")
     body = await response.json()
-    assert response.status == 503 and body["error"]["failed"] == ["mongodb"]
+    assert response.status == 503 and body["error"]["failed"] == [app[CONTAINER].database.name]
 
 
 async def test_cors_answers_only_the_configured_origins(aiohttp_client: Any, token_for: Callable[..., str]) -> None:

@@ -19,6 +19,8 @@ from mongomock_motor import AsyncMongoMockClient
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from tests.support import embedded_mongo
+
 Doc = dict[str, Any]
 
 OP_REPLY, OP_QUERY, OP_MSG = 1, 2004, 2013
@@ -45,6 +47,7 @@ class WireMongo:
     """
 
     def __init__(self) -> None:
+        embedded_mongo.install()  # before the client exists: its collections wrap these methods
         self._client: Any = AsyncMongoMockClient(tz_aware=True)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="wire-mongo", daemon=True)

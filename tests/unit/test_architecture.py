@@ -67,11 +67,19 @@ def test_no_mongodb_outside_the_store_adapters() -> None:
     offenders = []
     for package in ALLOWED:
         for path in (ROOT / package).rglob("*.py"):
-            if path.name == "mongo.py" or path.relative_to(ROOT).as_posix() in (
-                "messenger/database.py",
-                "messenger/embedded_mongo.py",
-            ):
+            if path.name == "mongo.py" or path.relative_to(ROOT).as_posix() == "messenger/database.py":
                 continue
             if any(m.split(".")[0] in DATABASE_DRIVERS for m in imported_modules(path)):
+                offenders.append(str(path.relative_to(ROOT)))
+    assert offenders == []
+
+
+def test_no_sqlite_outside_the_store_adapters() -> None:
+    offenders = []
+    for package in ALLOWED:
+        for path in (ROOT / package).rglob("*.py"):
+            if path.name == "sqlite.py" or path.relative_to(ROOT).as_posix() in ("messenger/database.py",):
+                continue
+            if "sqlite3" in {m.split(".")[0] for m in imported_modules(path)}:
                 offenders.append(str(path.relative_to(ROOT)))
     assert offenders == []

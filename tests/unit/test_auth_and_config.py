@@ -87,10 +87,9 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None
     assert settings.chat.message_max_chars == 42 and settings.auth.secret == TEST_SECRET
 
 
-def test_production_refuses_the_dev_secret_and_the_embedded_database() -> None:
-    with pytest.raises(ConfigError) as error:
+def test_production_refuses_the_dev_secret() -> None:
+    with pytest.raises(ConfigError, match="JWT_SECRET"):
         load_settings({"runtime": {"env": "production"}, "auth": {"secret": DEV_JWT_SECRET}})
-    assert "JWT_SECRET" in str(error.value) and "MONGODB_URI" in str(error.value)
     ok = load_settings(
         {
             "runtime": {"env": "production"},
@@ -99,6 +98,24 @@ def test_production_refuses_the_dev_secret_and_the_embedded_database() -> None:
         }
     )
     assert ok.production
+
+
+def test_production_runs_one_node_on_sqlite_but_not_several_or_separate_workers() -> None:
+    production = {"runtime": {"env": "production"}, "auth": {"secret": TEST_SECRET}, "s3": {"embedded": False}}
+    assert load_settings(production).mongo.uri is None  # one node: the embedded SQLite database
+    with pytest.raises(ConfigError, match="MONGODB_URI") as separate:
+        load_settings({**production, "worker": {"embedded": False}})
+    assert "WORKER_EMBEDDED=false" in str(separate.value)
+    with pytest.raises(ConfigError, match="MONGODB_URI") as several:
+        load_settings({**production, "redis": {"url": "redis://127.0.0.1:6379/0"}})
+    assert "REDIS_URL" in str(several.value)
+
+
+def test_sqlite_durability_is_a_setting() -> None:
+    assert load_settings().sqlite.synchronous == "NORMAL"
+    assert load_settings({"sqlite": {"synchronous": "full"}}).sqlite.synchronous == "FULL"
+    with pytest.raises(ConfigError, match="SQLITE_SYNCHRONOUS"):
+        load_settings({"sqlite": {"synchronous": "OFF"}})
 
 
 def test_accelerate_is_refused_with_the_embedded_s3_and_lists_must_be_json(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -41,7 +41,12 @@ def test_a_bad_setting_stops_the_service_naming_the_variable() -> None:
 
 def test_production_refuses_the_dev_secret() -> None:
     result = messenger("serve", MESSENGER_ENV="production")
-    assert result.returncode == 1 and "JWT_SECRET" in result.stderr and "MONGODB_URI" in result.stderr
+    assert result.returncode == 1 and "JWT_SECRET" in result.stderr
+
+
+def test_production_on_sqlite_refuses_separate_workers_naming_mongodb_uri() -> None:
+    result = messenger("serve", MESSENGER_ENV="production", JWT_SECRET="x" * 40, WORKER_EMBEDDED="false")
+    assert result.returncode == 1 and "MONGODB_URI" in result.stderr and "WORKER_EMBEDDED" in result.stderr
 
 
 def test_a_separate_worker_needs_a_shared_database() -> None:

@@ -10,11 +10,11 @@ import pytest
 from mongomock.filtering import filter_applies
 from pymongo.errors import DuplicateKeyError
 
-from messenger import embedded_mongo
+from tests.support import embedded_mongo
 
 embedded_mongo.install()
 
-from mongomock_motor import AsyncMongoMockClient  # noqa: E402 (after install, as the service does)
+from mongomock_motor import AsyncMongoMockClient  # noqa: E402 (after install, as the Mongo tests do)
 
 
 def stored(collection: Any) -> list[Any]:

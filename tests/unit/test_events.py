@@ -1,4 +1,8 @@
-"""The MongoDB outbox and event log: nothing stored without its event, nothing appended twice, no reordering."""
+"""The event log, and MongoDB's outbox: nothing stored without its event, nothing appended twice, no reordering.
+
+The outbox tests wire the MongoDB adapters explicitly (`mongo_wired`): only MongoDB has an outbox;
+on SQLite a write and its events commit in one transaction (tests/contract covers both).
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,14 @@ from core.mongo import OUTBOX_FIELD, MongoEventLog, Outbox, event_doc
 from tests.conftest import Wired, alice
 
 
-async def test_events_stranded_by_a_crash_are_appended_by_the_sweep(wired: Wired) -> None:
-    db = wired.container.database.db
+async def test_events_stranded_by_a_crash_are_appended_by_the_sweep(mongo_wired: Wired) -> None:
+    wired = mongo_wired
+    db = wired.container.database.db  # type: ignore[attr-defined]
     event = new_event("message.sent", "conv-1", {"message_id": "m-1"})
     # A crash right after the write, before the flush: the event lives only in the document.
     await db["messages"].insert_one({"_id": "m-1", OUTBOX_FIELD: [event_doc(event)]})
     assert await wired.events.read() == []
+    assert wired.container.outbox is not None
     assert await wired.container.outbox.sweep() == 1
     [stored] = await wired.events.read()
     assert stored.id == event.id and stored.position == 1
@@ -29,8 +35,9 @@ async def test_appending_the_same_event_twice_keeps_one(wired: Wired) -> None:
     assert [e.id for e in await wired.events.read()] == [event.id]
 
 
-async def test_two_processes_appending_at_once_get_dense_positions(wired: Wired) -> None:
-    db = wired.container.database.db
+async def test_two_processes_appending_at_once_get_dense_positions(mongo_wired: Wired) -> None:
+    wired = mongo_wired
+    db = wired.container.database.db  # type: ignore[attr-defined]
     node_a, node_b = MongoEventLog(db), MongoEventLog(db)  # each process has its own appender
     batches = [[new_event("t", f"k{i}", {"i": i})] for i in range(60)]
     await asyncio.gather(*((node_a if i % 2 else node_b).append(batch) for i, batch in enumerate(batches)))
@@ -58,8 +65,8 @@ async def test_envelope_has_the_contract_fields(wired: Wired) -> None:
     assert event["data"]["recipient_id"] == "bob"
 
 
-async def test_outbox_flush_leaves_events_pushed_meanwhile(wired: Wired) -> None:
-    db = wired.container.database.db
+async def test_outbox_flush_leaves_events_pushed_meanwhile(mongo_wired: Wired) -> None:
+    db = mongo_wired.container.database.db  # type: ignore[attr-defined]
     first, second = new_event("x", "k", {}), new_event("y", "k", {})
     await db["messages"].insert_one({"_id": "m", OUTBOX_FIELD: [event_doc(first)]})
     outbox = Outbox(db, MongoEventLog(db), ["messages"])

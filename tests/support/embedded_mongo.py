@@ -1,4 +1,4 @@
-"""Equality look-ups for the embedded engine (mongomock), through the unique indexes the stores declare.
+"""Equality look-ups for mongomock (the Mongo tests' in-process engine), through the unique indexes the stores declare.
 
 mongomock answers every query, even by `_id`, by testing every stored document, and checks every
 unique index on every write the same way; measured, a message send slowed from 0.8 ms on an empty

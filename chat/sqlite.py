@@ -1,0 +1,289 @@
+"""SQLite adapters of the chat stores: they alone own the `conversations` and `messages` tables.
+
+Each method is one transaction on the engine's thread (core/sqlite.py); a message and its events
+commit together because the events are appended to the log in the same transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from chat.model import Conversation, Message, Role
+from chat.store import MAX_CHANGED_PER_SYNC, ClientIdTaken, SeqTaken
+from core.events import Event
+from core.ids import new_id
+from core.sqlite import Connection, RecordCodec, SqliteEngine, append_events, from_ms, in_list, to_ms
+
+SCHEMA: list[list[str]] = [
+    [
+        "CREATE TABLE conversations (id TEXT PRIMARY KEY, buyer_id TEXT NOT NULL, seller_id TEXT NOT NULL,"
+        " order_id TEXT, created_ms INTEGER NOT NULL, last_seq INTEGER NOT NULL DEFAULT 0, last_message_id TEXT,"
+        " last_activity_ms INTEGER NOT NULL, buyer_read_seq INTEGER NOT NULL DEFAULT 0,"
+        " seller_read_seq INTEGER NOT NULL DEFAULT 0)",
+        # NULLs are distinct in a UNIQUE index, so "no order" is keyed as an empty blob, which no
+        # TEXT order id can equal: one conversation per pair without an order, too.
+        "CREATE UNIQUE INDEX conversations_pair_order ON conversations (buyer_id, seller_id, ifnull(order_id, x''))",
+        "CREATE INDEX conversations_buyer_inbox ON conversations (buyer_id, last_activity_ms DESC, id DESC)",
+        "CREATE INDEX conversations_seller_inbox ON conversations (seller_id, last_activity_ms DESC, id DESC)",
+        "CREATE INDEX conversations_order ON conversations (order_id)",
+        # The record itself is `body`; the columns beside it are what is looked up, kept in step by the store.
+        "CREATE TABLE messages (id TEXT PRIMARY KEY, conversation_id TEXT NOT NULL, seq INTEGER NOT NULL,"
+        " sender_id TEXT NOT NULL, client_id TEXT NOT NULL, updated_seq INTEGER NOT NULL,"
+        " deleted INTEGER NOT NULL, body TEXT NOT NULL)",
+        "CREATE UNIQUE INDEX messages_conversation_seq ON messages (conversation_id, seq)",
+        "CREATE UNIQUE INDEX messages_sender_client_id ON messages (sender_id, client_id)",
+        "CREATE INDEX messages_conversation_updated_seq ON messages (conversation_id, updated_seq)",
+    ]
+]
+
+CONVERSATION_COLUMNS = (
+    "id, buyer_id, seller_id, order_id, created_ms, last_seq, last_message_id, last_activity_ms,"
+    " buyer_read_seq, seller_read_seq"
+)
+READ_COLUMN = {Role.BUYER: "buyer_read_seq", Role.SELLER: "seller_read_seq"}
+MESSAGE = RecordCodec(Message)
+CHANGEABLE = ("text", "masked_text", "edited_at", "deleted", "updated_seq", "flagged", "flag_reasons", "held", "review")
+
+
+def _conversation(row: Sequence[Any]) -> Conversation:
+    return Conversation(
+        id=row[0],
+        buyer_id=row[1],
+        seller_id=row[2],
+        order_id=row[3],
+        created_at=from_ms(row[4]),
+        last_seq=row[5],
+        last_message_id=row[6],
+        last_activity_ms=row[7],
+        buyer_read_seq=row[8],
+        seller_read_seq=row[9],
+    )
+
+
+class SqliteConversationStore:
+    def __init__(self, engine: SqliteEngine) -> None:
+        self._engine = engine
+
+    async def ensure_schema(self) -> None:
+        await self._engine.migrate("chat", SCHEMA)
+
+    async def get(self, conversation_id: str) -> Conversation | None:
+        def get(c: Connection) -> Conversation | None:
+            row = c.execute(f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = ?", (conversation_id,))
+            found = row.fetchone()
+            return _conversation(found) if found else None
+
+        return await self._engine.run(get, write=False)
+
+    async def get_or_create(
+        self, buyer_id: str, seller_id: str, order_id: str | None, *, now: datetime
+    ) -> tuple[Conversation, bool]:
+        def get_or_create(c: Connection) -> tuple[Conversation, bool]:
+            found = c.execute(
+                f"SELECT {CONVERSATION_COLUMNS} FROM conversations"
+                " WHERE buyer_id = ? AND seller_id = ? AND ifnull(order_id, x'') = ifnull(?, x'')",
+                (buyer_id, seller_id, order_id),
+            ).fetchone()
+            if found:
+                return _conversation(found), False
+            # One writer: nobody can insert between the look-up and this, and the unique index would refuse it.
+            created = Conversation(
+                id=new_id(),
+                buyer_id=buyer_id,
+                seller_id=seller_id,
+                order_id=order_id,
+                created_at=from_ms(to_ms(now)),
+                last_activity_ms=to_ms(now),
+            )
+            c.execute(
+                f"INSERT INTO conversations ({CONVERSATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, 0, NULL, ?, 0, 0)",
+                (created.id, buyer_id, seller_id, order_id, to_ms(now), created.last_activity_ms),
+            )
+            return created, True
+
+        return await self._engine.run(get_or_create)
+
+    async def list_for(self, user_id: str, *, limit: int, before: tuple[int, str] | None) -> list[Conversation]:
+        where = "(buyer_id = ? OR seller_id = ?)"
+        args: list[Any] = [user_id, user_id]
+        if before is not None:
+            where += " AND (last_activity_ms < ? OR (last_activity_ms = ? AND id < ?))"
+            args += [before[0], before[0], before[1]]
+        sql = (
+            f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE {where}"
+            " ORDER BY last_activity_ms DESC, id DESC LIMIT ?"
+        )
+
+        def list_for(c: Connection) -> list[Conversation]:
+            return [_conversation(row) for row in c.execute(sql, [*args, limit])]
+
+        return await self._engine.run(list_for, write=False)
+
+    async def record_message(
+        self, conversation_id: str, role: Role, seq: int, message_id: str, activity_ms: int
+    ) -> None:
+        read = READ_COLUMN[role]
+
+        def record(c: Connection) -> None:
+            c.execute(
+                "UPDATE conversations SET last_seq = ?, last_message_id = ?, last_activity_ms = ?"
+                " WHERE id = ? AND last_seq < ?",
+                (seq, message_id, activity_ms, conversation_id, seq),
+            )
+            c.execute(f"UPDATE conversations SET {read} = max({read}, ?) WHERE id = ?", (seq, conversation_id))
+
+        await self._engine.run(record)
+
+    async def touch_activity(self, conversation_id: str, activity_ms: int) -> None:
+        await self._engine.run(
+            lambda c: c.execute(
+                "UPDATE conversations SET last_activity_ms = max(last_activity_ms, ?) WHERE id = ?",
+                (activity_ms, conversation_id),
+            )
+        )
+
+    async def advance_read(self, conversation_id: str, role: Role, seq: int) -> bool:
+        read = READ_COLUMN[role]
+
+        def advance(c: Connection) -> bool:
+            moved = c.execute(
+                f"UPDATE conversations SET {read} = ? WHERE id = ? AND {read} < ?", (seq, conversation_id, seq)
+            )
+            return moved.rowcount > 0
+
+        return await self._engine.run(advance)
+
+    async def partners_of(self, user_id: str, *, limit: int = 500) -> set[str]:
+        def partners(c: Connection) -> set[str]:
+            rows = c.execute(
+                "SELECT buyer_id, seller_id FROM conversations WHERE buyer_id = ? OR seller_id = ?"
+                " ORDER BY last_activity_ms DESC LIMIT ?",
+                (user_id, user_id, limit),
+            )
+            return {p for row in rows for p in row if p != user_id}
+
+        return await self._engine.run(partners, write=False)
+
+
+def _insert_message(c: Connection, message: Message) -> None:
+    c.execute(
+        "INSERT INTO messages (id, conversation_id, seq, sender_id, client_id, updated_seq, deleted, body)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            message.id,
+            message.conversation_id,
+            message.seq,
+            message.sender_id,
+            message.client_id,
+            message.updated_seq,
+            int(message.deleted),
+            MESSAGE.dumps(message),
+        ),
+    )
+
+
+class SqliteMessageStore:
+    def __init__(self, engine: SqliteEngine) -> None:
+        self._engine = engine
+
+    async def ensure_schema(self) -> None:
+        await self._engine.migrate("chat", SCHEMA)
+
+    async def get(self, message_id: str) -> Message | None:
+        def get(c: Connection) -> Message | None:
+            row = c.execute("SELECT body FROM messages WHERE id = ?", (message_id,)).fetchone()
+            return MESSAGE.loads(row[0]) if row else None
+
+        return await self._engine.run(get, write=False)
+
+    async def get_many(self, message_ids: Sequence[str]) -> list[Message]:
+        ids = list(message_ids)
+
+        def get_many(c: Connection) -> list[Message]:
+            rows = c.execute(f"SELECT body FROM messages WHERE id IN {in_list(ids)}", ids)
+            return [MESSAGE.loads(r[0]) for r in rows]
+
+        return await self._engine.run(get_many, write=False)
+
+    async def find_by_client_id(self, sender_id: str, client_id: str) -> Message | None:
+        def find(c: Connection) -> Message | None:
+            row = c.execute(
+                "SELECT body FROM messages WHERE sender_id = ? AND client_id = ?", (sender_id, client_id)
+            ).fetchone()
+            return MESSAGE.loads(row[0]) if row else None
+
+        return await self._engine.run(find, write=False)
+
+    async def highest_seq(self, conversation_id: str) -> int:
+        def highest(c: Connection) -> int:
+            row = c.execute("SELECT max(seq) FROM messages WHERE conversation_id = ?", (conversation_id,)).fetchone()
+            return int(row[0] or 0)
+
+        return await self._engine.run(highest, write=False)
+
+    async def insert(self, message: Message, events: Sequence[Event]) -> None:
+        def insert(c: Connection) -> None:
+            try:
+                _insert_message(c, message)
+            except sqlite3.IntegrityError:
+                # Decided by looking, not by parsing the error: a retry is a retry even if its seq clashes too.
+                taken = c.execute(
+                    "SELECT 1 FROM messages WHERE sender_id = ? AND client_id = ?",
+                    (message.sender_id, message.client_id),
+                ).fetchone()
+                if taken:
+                    raise ClientIdTaken(message.client_id) from None
+                raise SeqTaken(message.seq) from None
+            append_events(c, events)
+
+        await self._engine.run(insert)
+
+    async def save_change(self, message: Message, events: Sequence[Event]) -> Message | None:
+        def save(c: Connection) -> Message | None:
+            row = c.execute("SELECT body FROM messages WHERE id = ? AND deleted = 0", (message.id,)).fetchone()
+            if row is None:
+                return None
+            # Only the changeable fields are written: what the message is (sender, seq, files) never changes.
+            changes = {k: v for k, v in MESSAGE.dump(message).items() if k in CHANGEABLE}
+            stored = MESSAGE.load({**json.loads(row[0]), **changes})
+            c.execute(
+                "UPDATE messages SET updated_seq = ?, deleted = ?, body = ? WHERE id = ?",
+                (stored.updated_seq, int(stored.deleted), MESSAGE.dumps(stored), stored.id),
+            )
+            append_events(c, events)
+            return stored
+
+        return await self._engine.run(save)
+
+    async def page(
+        self, conversation_id: str, *, after_seq: int | None, before_seq: int | None, limit: int
+    ) -> tuple[list[Message], bool]:
+        def page(c: Connection) -> tuple[list[Message], bool]:
+            if after_seq is not None:
+                changed = c.execute(
+                    "SELECT body FROM messages WHERE conversation_id = ? AND seq <= ? AND updated_seq > ?"
+                    " ORDER BY seq LIMIT ?",
+                    (conversation_id, after_seq, after_seq, MAX_CHANGED_PER_SYNC),
+                ).fetchall()
+                sql = "SELECT body FROM messages WHERE conversation_id = ? AND seq > ?"
+                args: list[Any] = [conversation_id, after_seq]
+                if before_seq is not None:
+                    sql += " AND seq < ?"
+                    args.append(before_seq)
+                newer = c.execute(sql + " ORDER BY seq LIMIT ?", [*args, limit + 1]).fetchall()
+                found = [MESSAGE.loads(r[0]) for r in changed] + [MESSAGE.loads(r[0]) for r in newer[:limit]]
+                return found, len(newer) > limit
+            sql = "SELECT body FROM messages WHERE conversation_id = ?"
+            args = [conversation_id]
+            if before_seq is not None:
+                sql += " AND seq < ?"
+                args.append(before_seq)
+            # Newest page first from the database, returned oldest first.
+            rows = c.execute(sql + " ORDER BY seq DESC LIMIT ?", [*args, limit + 1]).fetchall()
+            return [MESSAGE.loads(r[0]) for r in reversed(rows[:limit])], len(rows) > limit
+
+        return await self._engine.run(page, write=False)

@@ -1,0 +1,224 @@
+"""The embedded default keeps what it acknowledged: `messenger serve` stopped (SIGTERM) or killed (kill -9)
+while sending, then started again on the same MESSENGER_DATA_DIR, has every acknowledged message with
+its seq, the conversation, the delivery, the moderation decision and every event, and carries on
+numbering without a gap. A backup taken while a writer writes restores into a new data dir.
+
+(Attachment bytes across a restart depend on the embedded S3 keeping files on disk; the records are
+checked here.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import REPO, RunningService, start_service, stop_service
+from tests.e2e.test_chat_python_client import Person, open_conversation
+from tests.e2e.test_delivery_e2e import png, upload
+
+pytestmark = pytest.mark.e2e
+
+
+def call(
+    service: RunningService, user: str, method: str, path: str, body: Any = None, *, moderator: bool = False
+) -> Any:
+    request = urllib.request.Request(
+        service.url + "/api/v1" + path,
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={
+            "Authorization": f"Bearer {service.token(user, moderator=moderator)}",
+            "Content-Type": "application/json",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read() or b"null")
+
+
+def all_events(service: RunningService) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    after = "0"
+    while True:
+        page = call(service, "mod", "GET", f"/events?after={after}&limit=1000", moderator=True)
+        events += page["events"]
+        if not page["events"]:
+            return events
+        after = page["next"]
+
+
+def history(service: RunningService, user: str, conversation_id: str) -> list[dict[str, Any]]:
+    """The whole conversation, oldest first, paging back from the newest."""
+    messages: list[dict[str, Any]] = []
+    path = f"/conversations/{conversation_id}/messages?limit=200"
+    while True:
+        page = call(service, user, "GET", path)
+        messages = page["messages"] + messages
+        if not page["has_more"]:
+            return messages
+        path = f"/conversations/{conversation_id}/messages?limit=200&before_seq={page['messages'][0]['seq']}"
+
+
+async def eventually(check: Any, timeout: float = 10.0) -> Any:  # noqa: ASYNC109 (a polling helper)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def keep_sending(person: Person, conversation_id: str, acked: list[dict[str, Any]], prefix: str) -> None:
+    """Sends one message after another; only what was acknowledged is recorded."""
+    n = 0
+    while True:
+        try:
+            payload = {"conversation_id": conversation_id, "client_id": f"{prefix}{n}", "text": f"{prefix}{n}"}
+            ack = await person.sio.call("message:send", payload, timeout=5)
+        except Exception:
+            return  # the service went away mid-send: that one was never acknowledged
+        if not ack.get("ok"):
+            return
+        acked.append(ack["message"])
+        n += 1
+
+
+@pytest.mark.parametrize("stop_with", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
+async def test_every_acknowledged_write_survives_a_restart(tmp_path: Path, stop_with: signal.Signals) -> None:
+    service = start_service(tmp_path)
+    try:
+        cid = open_conversation(service, "buyer", "seller", "order-7")
+        buyer = await Person(service, "buyer").connect()
+        seller = await Person(service, "seller").connect()
+        acked = [await buyer.send(cid, f"hello {n}", f"b{n}") for n in range(5)]
+        flagged = await seller.send(cid, "whatsapp me +44 20 7946 0958", "s-phone")
+        acked.append(flagged)
+        queued = await eventually(
+            lambda: call(service, "mod", "GET", "/moderation/queue?kind=message", moderator=True)["items"]
+        )
+        assert queued[0]["target_id"] == flagged["id"]
+        decided = call(
+            service,
+            "mod",
+            "POST",
+            f"/moderation/messages/{flagged['id']}/decision",
+            {"action": "release", "note": "a business line"},
+            moderator=True,
+        )
+        file_id = await upload(service, "seller", cid, png(7), "logo.png", "image/png")
+        delivery = call(
+            service,
+            "seller",
+            "POST",
+            "/orders/order-7/deliveries",
+            {"conversation_id": cid, "text": "the files", "attachment_ids": [file_id]},
+        )
+        # Two writers at full speed when the signal lands.
+        streams: list[list[dict[str, Any]]] = [[], []]
+        writers = [
+            asyncio.create_task(keep_sending(buyer, cid, streams[0], "x")),
+            asyncio.create_task(keep_sending(seller, cid, streams[1], "y")),
+        ]
+        await eventually(lambda: len(streams[0]) + len(streams[1]) >= 40)
+        service.process.send_signal(stop_with)
+        # A stopping service keeps serving the connections it has until they close (aiohttp's
+        # graceful shutdown): the clients go away shortly after, as they would when it stops answering.
+        await asyncio.sleep(0.3)
+        for person in (buyer, seller):
+            await person.close()
+        await asyncio.wait_for(asyncio.gather(*writers), timeout=30)
+        await asyncio.to_thread(service.process.wait, 30)
+        acked += streams[0] + streams[1]
+    finally:
+        stop_service(service)
+
+    again = start_service(tmp_path)  # the same MESSENGER_DATA_DIR
+    try:
+        stored = {m["id"]: m for m in history(again, "buyer", cid)}
+        for message in acked:
+            assert message["id"] in stored, f"acknowledged message {message['seq']} lost"
+            assert stored[message["id"]]["seq"] == message["seq"]
+        seqs = sorted(m["seq"] for m in stored.values())
+        assert seqs == list(range(1, len(seqs) + 1))  # no gap, none twice
+        back = await Person(again, "buyer").connect()
+        next_one = await back.send(cid, "after the restart", "after")
+        await back.close()
+        assert next_one["seq"] == seqs[-1] + 1
+
+        [conversation] = call(again, "buyer", "GET", "/conversations")["conversations"]
+        assert conversation["id"] == cid and conversation["order_id"] == "order-7"
+        assert call(again, "seller", "GET", f"/deliveries/{delivery['id']}")["attachment_ids"] == [file_id]
+        assert call(again, "seller", "GET", f"/attachments/{file_id}")["filename"] == "logo.png"
+        [audit] = call(again, "mod", "GET", f"/moderation/decisions?target_id={flagged['id']}", moderator=True)[
+            "decisions"
+        ]
+        assert audit["id"] == decided["decision_id"] and audit["note"] == "a business line"
+        assert call(again, "mod", "GET", "/moderation/queue?kind=message", moderator=True)["items"] == []
+
+        events = all_events(again)
+        positions = [e["position"] for e in events]
+        assert positions == list(range(1, len(events) + 1))  # dense, continuing across the restart
+        assert len({e["id"] for e in events}) == len(events)
+        sent = {e["data"]["message_id"] for e in events if e["type"] == "message.sent"}
+        assert {m["id"] for m in acked} | {next_one["id"]} <= sent
+        assert any(e["type"] == "moderation.decision" for e in events)
+        assert events[-1]["type"] == "message.sent" and events[-1]["data"]["message_id"] == next_one["id"]
+    finally:
+        stop_service(again)
+
+
+async def test_a_backup_taken_while_writing_restores_into_a_new_data_dir(tmp_path: Path) -> None:
+    service = start_service(tmp_path)
+    cid = open_conversation(service, "buyer", "seller")
+    buyer = await Person(service, "buyer").connect()
+    acked: list[dict[str, Any]] = []
+    writer = asyncio.create_task(keep_sending(buyer, cid, acked, "m"))
+    try:
+        await eventually(lambda: len(acked) >= 20)
+        before = len(acked)
+        backup_dir = tmp_path / "backup"
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "messenger", "backup", str(backup_dir)],
+            cwd=REPO,
+            env={**os.environ, "MESSENGER_DATA_DIR": str(tmp_path / "service-data")},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "backed up messenger.db" in done.stdout
+        await eventually(lambda: len(acked) >= before + 20)  # the writer carried on meanwhile
+    finally:
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+        await buyer.close()
+        stop_service(service)
+
+    restored_dir = tmp_path / "restored-data"
+    backup_dir.rename(restored_dir)  # restoring: the backup is a data dir
+    restored = start_service(tmp_path, name="restored")
+    try:
+        messages = history(restored, "buyer", cid)
+        seqs = [m["seq"] for m in messages]
+        assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) >= before  # a consistent cut, no hole
+        by_id = {m["id"]: m for m in acked}
+        assert all(by_id[m["id"]]["seq"] == m["seq"] for m in messages if m["id"] in by_id)
+        events = all_events(restored)
+        assert [e["position"] for e in events] == list(range(1, len(events) + 1))
+        assert {e["data"]["message_id"] for e in events if e["type"] == "message.sent"} == {m["id"] for m in messages}
+        back = await Person(restored, "buyer").connect()
+        after = await back.send(cid, "served from the restored copy", "r1")
+        await back.close()
+        assert after["seq"] == seqs[-1] + 1
+    finally:
+        stop_service(restored)
