@@ -46,7 +46,9 @@ class S3Credentials:
 
 
 class EmbeddedS3:
-    def __init__(self, root: Path, *, port: int = 0, cors_origins: Sequence[str] = (), region: str = "us-east-1") -> None:
+    def __init__(
+        self, root: Path, *, port: int = 0, cors_origins: Sequence[str] = (), region: str = "us-east-1"
+    ) -> None:
         self._root = Path(root)
         self._wanted_port = port
         self._origins = list(dict.fromkeys(cors_origins))

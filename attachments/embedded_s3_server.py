@@ -13,7 +13,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -41,17 +41,21 @@ class ResponseOverrides:
     def __init__(self, app: Any) -> None:
         self._app = app
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
             await self._app(scope, receive, send)
             return
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-        overrides = {RESPONSE_OVERRIDES[name]: value.encode("latin-1") for name, value in query if name in RESPONSE_OVERRIDES}
+        overrides = {
+            RESPONSE_OVERRIDES[name]: value.encode("latin-1", "replace")
+            for name, value in query
+            if name in RESPONSE_OVERRIDES and "\r" not in value and "\n" not in value
+        }
         if not overrides:
             await self._app(scope, receive, send)
             return
 
-        async def send_with_overrides(message: dict[str, Any]) -> None:
+        async def send_with_overrides(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start" and message["status"] in (200, 206):
                 kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in overrides]
                 message = {**message, "headers": kept + list(overrides.items())}

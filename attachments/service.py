@@ -93,9 +93,8 @@ class AttachmentService:
             "preview_key": None,
         }
         if size <= self._settings.multipart_threshold:
-            post = await self._storage.presign_post(key, size=size, content_type=content_type, expires_in=expires_in)
-            doc["upload"] = {"method": "POST"}
-            upload: dict[str, Any] = {"method": "POST", "url": post["url"], "fields": post["fields"]}
+            upload: dict[str, Any] = await self._single_part_grant(key, size, content_type, expires_in)
+            doc["upload"] = {"method": upload["method"]}
         else:
             part_size = self.part_size_for(size)
             upload_id = await self._storage.start_multipart(key, content_type=content_type)
@@ -119,6 +118,14 @@ class AttachmentService:
             raise Conflict("try again", code="id_collision") from None
         return {"attachment": attachment_view(doc), "upload": upload}
 
+    async def _single_part_grant(self, key: str, size: int, content_type: str, expires_in: int) -> dict[str, Any]:
+        """A POST policy where S3 has one, else a PUT with the size and type signed into the URL."""
+        if self._storage.supports_post_policy:
+            post = await self._storage.presign_post(key, size=size, content_type=content_type, expires_in=expires_in)
+            return {"method": "POST", "url": post["url"], "fields": post["fields"]}
+        put = await self._storage.presign_put(key, size=size, content_type=content_type, expires_in=expires_in)
+        return {"method": "PUT", "url": put["url"], "headers": put["headers"]}
+
     def part_size_for(self, size: int) -> int:
         """The smallest whole-MiB part size that keeps the part count within S3's 10,000."""
         needed = math.ceil(size / MAX_PARTS)
@@ -141,11 +148,10 @@ class AttachmentService:
         upload_spec = doc["upload"]
         now = utc_now()
         expires_in = self._settings.upload_url_ttl_seconds
-        if upload_spec["method"] == "POST":
-            post = await self._storage.presign_post(
-                doc["key"], size=doc["size"], content_type=doc["content_type"], expires_in=expires_in
+        if upload_spec["method"] != "MULTIPART":
+            upload: dict[str, Any] = await self._single_part_grant(
+                doc["key"], doc["size"], doc["content_type"], expires_in
             )
-            upload: dict[str, Any] = {"method": "POST", "url": post["url"], "fields": post["fields"]}
         else:
             try:
                 landed = await self._storage.list_parts(doc["key"], upload_spec["upload_id"])

@@ -925,6 +925,8 @@
       let body = {};
       if (grant.method === 'POST') {
         await uploadByPost(upload, grant);
+      } else if (grant.method === 'PUT') {
+        await uploadByPut(upload, grant);
       } else {
         const parts = await uploadByParts(upload, grant);
         // Without CORS exposing ETag the browser cannot read it; the service then takes S3's own list.
@@ -946,11 +948,12 @@
   }
 
   /** One XMLHttpRequest (fetch cannot report upload progress); resolves with the finished request. */
-  function xhr(upload, method, url, body, onProgress) {
+  function xhr(upload, method, url, body, onProgress, headers = {}) {
     return new Promise((resolve, reject) => {
       const request = new XMLHttpRequest();
       upload.requests.add(request);
       request.open(method, url);
+      for (const [name, value] of Object.entries(headers)) request.setRequestHeader(name, value);
       request.upload.onprogress = (event) => onProgress(event.loaded);
       request.onload = () => {
         upload.requests.delete(request);
@@ -979,6 +982,16 @@
       upload.loaded = Math.min(loaded, upload.file.size * 0.99);
       renderProgress(upload);
     });
+    upload.loaded = upload.file.size;
+    renderProgress(upload);
+  }
+
+  /** One PUT whose Content-Type and length are signed into the URL (S3 servers without POST policies). */
+  async function uploadByPut(upload, grant) {
+    await xhr(upload, 'PUT', grant.url, upload.file, (loaded) => {
+      upload.loaded = Math.min(loaded, upload.file.size * 0.99);
+      renderProgress(upload);
+    }, grant.headers);
     upload.loaded = upload.file.size;
     renderProgress(upload);
   }

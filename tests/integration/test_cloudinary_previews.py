@@ -2,7 +2,7 @@
 
 The stand-in checks what Cloudinary would: the endpoint path, the signature (computed here independently of the SDK),
 the API key, the timestamp's freshness; and it fetches the `file` URL the way Cloudinary does, from the S3 API server
-(moto, in process), to prove it is a working, short-lived presigned GET for exactly the original's bytes.
+(the embedded nanio server), to prove it is a working, short-lived presigned GET for exactly the original's bytes.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import io
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -164,23 +165,24 @@ class CloudinaryStandIn:
 # --- fixtures ------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    server = EmbeddedS3()
-    yield server.start()
-    server.stop()
-
-
 @pytest.fixture
-async def storage(s3_endpoint: str) -> AsyncIterator[S3Storage]:
+async def storage(tmp_path: Path) -> AsyncIterator[S3Storage]:
+    server = EmbeddedS3(tmp_path / "s3")
+    endpoint = await server.start()
     settings = S3Settings(
-        bucket=f"previews-{uuid.uuid4().hex[:10]}", endpoint_url=s3_endpoint, public_endpoint_url=None, accelerate=False
+        bucket=f"previews-{uuid.uuid4().hex[:10]}", endpoint_url=endpoint, public_endpoint_url=None, accelerate=False
     )
-    s3 = S3Storage(settings, embedded=True)
+    s3 = S3Storage(settings, supports_post_policy=False)
+    s3.use_endpoint(
+        endpoint,
+        access_key_id=server.credentials.access_key_id,
+        secret_access_key=server.credentials.secret_access_key,
+    )
     await s3.start()
-    await s3.ensure_bucket()
+    await s3.ensure_bucket(cors_origins=None)
     yield s3
     await s3.close()
+    await server.stop()
 
 
 @pytest.fixture

@@ -68,7 +68,8 @@ class Harness:
         grant = await self.c.attachments.request_upload(
             seller, self.conversation_id, filename=filename, size=len(content), content_type=content_type
         )
-        await self.c.storage.put(grant["upload"]["fields"]["key"], content, content_type=content_type)
+        key = f"conversations/{self.conversation_id}/{grant['attachment']['id']}"
+        await self.c.storage.put(key, content, content_type=content_type)
         done = await self.c.attachments.complete(seller, grant["attachment"]["id"], None)
         assert done["status"] == "uploaded"
         return str(grant["attachment"]["id"])
@@ -83,7 +84,8 @@ class Harness:
             content_type="application/octet-stream",
         )
         attachment_id = str(grant["attachment"]["id"])
-        await self.c.storage.put(grant["upload"]["fields"]["key"], content, content_type="application/octet-stream")
+        key = f"conversations/{self.conversation_id}/{grant['attachment']['id']}"
+        await self.c.storage.put(key, content, content_type="application/octet-stream")
         await self.c.attachment_store.transition(
             attachment_id, from_statuses=["awaiting_upload"], changes={"status": "uploaded", "filename": filename}
         )
