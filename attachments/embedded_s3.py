@@ -132,7 +132,7 @@ class EmbeddedS3:
         listener.close()
         (self._root / "server.pid").write_text(f"{self._process.pid}\n")
         deadline = asyncio.get_running_loop().time() + timeout
-        while not await _answers_http(self._port):
+        while not await answers_http(self._port):
             if self._process.returncode is not None or asyncio.get_running_loop().time() > deadline:
                 code = self._process.returncode
                 await self.stop()
@@ -255,7 +255,7 @@ def stop_stale_process(pid_file: Path, *, must_mention: Sequence[str]) -> int | 
     return pid
 
 
-async def _answers_http(port: int) -> bool:
+async def answers_http(port: int) -> bool:
     """True once anything answers HTTP on the port (an unsigned request gets nanio's 403)."""
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1.0)
