@@ -84,6 +84,10 @@ class S3Storage:
     def bucket(self) -> str:
         return self._settings.bucket
 
+    @property
+    def endpoint(self) -> str | None:
+        return self._endpoint
+
     def use_endpoint(
         self, endpoint_url: str, *, access_key_id: str | None = None, secret_access_key: str | None = None
     ) -> None:

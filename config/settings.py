@@ -275,6 +275,9 @@ def _refuse_unsafe_production(settings: Settings) -> None:
     if not settings.mongo.uri:
         problems.append("MONGODB_URI must point at a MongoDB replica set (the embedded engine is refused)")
     if settings.s3.embedded:
-        problems.append("S3_EMBEDDED must not be true (the embedded S3 server keeps files in memory)")
+        problems.append(
+            "S3_EMBEDDED must not be true (the embedded S3 server runs on this one machine:"
+            " set S3_ENDPOINT_URL or use AWS)"
+        )
     if problems:
         raise ConfigError("refusing to start in production (MESSENGER_ENV=production): " + "; ".join(problems))
