@@ -217,10 +217,13 @@ def die_with_parent() -> Callable[[], None]:
     the signal when that thread exits. If the parent died before prctl took effect, exit at once.
     """
     libc = ctypes.CDLL(None, use_errno=True)  # loaded here: nothing may be loaded after fork
+    prctl = getattr(libc, "prctl", None)  # looked up before fork too; None off Linux (stale-pid cleanup only)
     parent = os.getpid()
 
     def in_child() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if prctl is None:
+            return
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:
             os._exit(1)
 

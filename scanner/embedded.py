@@ -273,10 +273,13 @@ def _die_with_parent() -> Callable[[], None]:
     attachments/embedded_s3.py has the same few lines: scanner imports nothing of ours.
     """
     libc = ctypes.CDLL(None, use_errno=True)  # loaded before fork: nothing may be loaded after it
+    prctl = getattr(libc, "prctl", None)  # looked up before fork too; None off Linux (stale-pid cleanup only)
     parent = os.getpid()
 
     def in_child() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if prctl is None:
+            return
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:
             os._exit(1)
 
