@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from aiohttp import web
 
@@ -71,7 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     from messenger.data_dir import DataDirInUse
     from messenger.web import page_origins
 
-    log.info("messenger %s serving http://%s:%d (env %s)", __version__, args.host, args.port, settings.runtime.env)
+    log.info(
+        "messenger %s serving http://%s:%d (env %s, data dir %s)",
+        __version__,
+        args.host,
+        args.port,
+        settings.runtime.env,
+        Path(settings.runtime.data_dir).absolute(),
+    )
     app = create_app(settings, page_origins=page_origins(args.host, args.port))
     try:
         web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handle_signals=True)

@@ -8,6 +8,7 @@ Regression for issue 9 item 3: kill -9 of `serve` used to orphan clamd, and the 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from scanner.embedded import find_clamd_binary
 from tests.e2e.conftest import REPO, RunningService, free_port, start_service, stop_service
@@ -28,7 +30,15 @@ from tests.e2e.test_chat_python_client import open_conversation, rest
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
-PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 8
+
+
+def png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (32, 32), (10, 120, 200)).save(out, format="PNG")
+    return out.getvalue()
+
+
+PNG = png()
 
 
 def readyz(service: RunningService, within: float = 15) -> dict[str, Any]:
