@@ -84,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handle_signals=True)
     except DataDirInUse as exc:
-        log.error("%s", exc)
-        print(f"messenger: {exc}", file=sys.stderr)
+        log.error("%s", exc)  # the log goes to stderr
         return 1
     return 0
 
