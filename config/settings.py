@@ -295,6 +295,9 @@ def _refuse_unsafe_production(settings: Settings) -> None:
             " (separate `messenger worker` processes cannot share the embedded SQLite database)"
         )
     if settings.s3.embedded:
-        problems.append("S3_EMBEDDED must not be true (the embedded S3 server keeps files in memory)")
+        problems.append(
+            "S3_EMBEDDED must not be true (the embedded S3 server runs on this one machine:"
+            " set S3_ENDPOINT_URL or use AWS)"
+        )
     if problems:
         raise ConfigError("refusing to start in production (MESSENGER_ENV=production): " + "; ".join(problems))

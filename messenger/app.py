@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ from core.notify import Notifier
 from core.openapi import Route, RouteTable
 from core.sockets import SocketServer, without_websocket_compression
 from messenger import __version__
+from messenger.data_dir import data_dir_claimed
 from messenger.database import Database, Stores, open_stores
 from messenger.web import WebClient
 from scanner import ClamdClient, ClamdUnavailable, EmbeddedClamd, ScanResult, Verdict
@@ -140,7 +141,10 @@ class Container:
     def describe(self) -> list[str]:
         s = self.settings
         if self.embedded_s3 is not None:
-            files = f"embedded S3 API server (moto, in memory) at {self.embedded_s3.endpoint_url}, bucket {s.s3.bucket}"
+            files = (
+                f"embedded S3 API server (nanio, pid {self.embedded_s3.pid}) at {self.embedded_s3.endpoint_url},"
+                f" bucket {s.s3.bucket}, files in {self.embedded_s3.objects_dir}"
+            )
         else:
             where = s.s3.endpoint_url or f"AWS S3 ({s.s3.region})"
             files = f"S3 at {where}, bucket {s.s3.bucket}" + (
@@ -228,10 +232,16 @@ def build_container(
         settings.chat, conversations, messages, notifier, presence, NoAttachments(), metrics, locks, clock
     )
 
-    embedded_s3 = EmbeddedS3(settings.s3.embedded_port) if settings.embedded_s3 and ports.storage is None else None
-    storage: ObjectStorage = ports.storage or S3Storage(
-        settings.s3, endpoint_url=embedded_s3.endpoint_url if embedded_s3 else None, embedded=embedded_s3 is not None
-    )
+    embedded_s3 = None
+    if settings.embedded_s3 and ports.storage is None:
+        embedded_s3 = EmbeddedS3(
+            Path(settings.runtime.data_dir).absolute() / "s3",
+            port=settings.s3.embedded_port,
+            cors_origins=settings.runtime.cors_origins,
+            region=settings.s3.region,
+        )
+    # The embedded server has no POST policy: single-part uploads are PUTs with size and type signed.
+    storage: ObjectStorage = ports.storage or S3Storage(settings.s3, supports_post_policy=embedded_s3 is None)
     attachment_store: AttachmentStore = stores.attachments
     attachments = AttachmentService(settings.attachments, attachment_store, storage, chat, reactions, notifier, clock)
     chat.use_attachments(attachments)
@@ -320,22 +330,46 @@ async def database_started(container: Container) -> AsyncIterator[None]:
         await container.database.close()
 
 
+def uses_data_dir(container: Container) -> bool:
+    """Whether anything of the embedded default keeps files (or, soon, its database) in the data dir."""
+    s = container.settings
+    return container.embedded_s3 is not None or container.embedded_clamd is not None or not s.mongo.uri
+
+
+@contextlib.contextmanager
+def data_dir_started(container: Container) -> Iterator[None]:
+    """Claim MESSENGER_DATA_DIR first, so nothing else starts on a directory another service uses."""
+    if not uses_data_dir(container):
+        yield
+        return
+    with data_dir_claimed(Path(container.settings.runtime.data_dir)):
+        yield
+
+
 @contextlib.asynccontextmanager
 async def storage_started(container: Container) -> AsyncIterator[None]:
     if not isinstance(container.storage, S3Storage):  # a fake handed in by a test: nothing to start
         yield
         return
-    if container.embedded_s3 is not None:
-        await asyncio.to_thread(container.embedded_s3.start)
+    embedded = container.embedded_s3
     try:
+        if embedded is not None:
+            # Started from the event loop's thread, which lives as long as the service: the server's
+            # parent-death signal is tied to the thread that spawned it.
+            endpoint = await embedded.start()
+            container.storage.use_endpoint(
+                endpoint,
+                access_key_id=embedded.credentials.access_key_id,
+                secret_access_key=embedded.credentials.secret_access_key,
+            )
         await container.storage.start()
-        if container.embedded_s3 is not None:
-            await container.storage.ensure_bucket(cors_origins=container.settings.runtime.cors_origins or ["*"])
+        if embedded is not None:
+            await container.storage.ensure_bucket(cors_origins=None)  # the server answers CORS itself
         yield
     finally:
         await container.storage.close()
-        if container.embedded_s3 is not None:
-            await asyncio.to_thread(container.embedded_s3.stop)
+        if embedded is not None:
+            await embedded.stop()
 
 
 @contextlib.asynccontextmanager
@@ -437,7 +471,7 @@ async def housekeeping_forever(container: Container) -> None:
 def settle_garbage_collector() -> None:
     """Keep the objects that live as long as the process out of every later full collection.
 
-    Everything imported and built at start (botocore's models, moto, pydantic's validators: most
+    Everything imported and built at start (botocore's models, pydantic's validators: most
     of the 140 MB a node starts with) would otherwise be rescanned by every full collection, and
     those pauses were the p99 of message delivery (bench/chat). Frozen objects are still freed by
     reference counting; only cycles among them would never be collected, and these live until exit.
@@ -458,9 +492,16 @@ ROUTES = web.AppKey("routes", RouteTable)  # what the REST API serves, for its d
 
 
 def create_app(
-    settings: Settings, *, notifier: Notifier | None = None, run_pipeline: bool | None = None
+    settings: Settings,
+    *,
+    notifier: Notifier | None = None,
+    run_pipeline: bool | None = None,
+    page_origins: Sequence[str] = (),
 ) -> web.Application:
+    """`page_origins`: where the web page is served from (`messenger serve` passes its own), for S3 CORS."""
     container = build_container(settings, notifier=notifier)
+    if container.embedded_s3 is not None:
+        container.embedded_s3.allow_origins(page_origins)
     middlewares = [
         cors_middleware(settings.runtime.cors_origins),
         errors_middleware,
@@ -488,6 +529,7 @@ def create_app(
 
     async def started(app: web.Application) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
+            stack.enter_context(data_dir_started(container))
             await stack.enter_async_context(database_started(container))
             await stack.enter_async_context(storage_started(container))
             # A node whose scanning runs in `messenger worker`s needs no clamd of its own.
@@ -507,6 +549,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     """`messenger worker`: the pipeline (and the outbox relay) without the HTTP service."""
     container = build_container(settings, write_only=True)
     async with contextlib.AsyncExitStack() as stack:
+        stack.enter_context(data_dir_started(container))
         await stack.enter_async_context(database_started(container))
         await stack.enter_async_context(storage_started(container))
         await stack.enter_async_context(scanner_started(container))

@@ -12,7 +12,7 @@ import html
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -75,16 +75,19 @@ class WebClient:
         self,
         static_dir: Path = STATIC_DIR,
         *,
-        s3_origins: Sequence[str],
+        s3_origins: Sequence[str] | Callable[[], Sequence[str]],
         image_origins: Sequence[str] = (),
         socketio_client: Path | None = None,
         embed_origins: Sequence[str] | None = None,
     ) -> None:
         self._static_dir = static_dir.resolve()
         self._socketio_client = socketio_client if socketio_client is not None else find_socketio_client()
-        self._csp = content_security_policy(s3_origins, image_origins)
+        # A callable for origins known only once the service has started (the embedded S3 server's port).
+        self._s3_origins = s3_origins
+        self._image_origins = image_origins
+        self._csp: str | None = None
         self._embed_origins = list(embed_origins) if embed_origins is not None else configured_embed_origins()
-        self._embed_csp = content_security_policy(s3_origins, image_origins, frame_ancestors=self._embed_origins)
+        self._embed_csp: str | None = None
         if self._socketio_client is None:
             log.warning(
                 "socket.io client not found: the web page will poll over REST; for live updates run "
@@ -96,16 +99,22 @@ class WebClient:
     def for_settings(cls, settings: Settings, embedded_s3: EmbeddedS3 | None = None) -> WebClient:
         """The page as the composition root serves it: the browser-facing S3 and preview origins allowed."""
         return cls(
-            s3_origins=browser_s3_origins(settings.s3, embedded_s3),
+            s3_origins=lambda: browser_s3_origins(settings.s3, embedded_s3),
             image_origins=preview_image_origins(settings.preview),
         )
 
     @property
     def csp(self) -> str:
+        if self._csp is None:
+            origins = self._s3_origins() if callable(self._s3_origins) else self._s3_origins
+            self._csp = content_security_policy(origins, self._image_origins)
         return self._csp
 
     @property
     def embed_csp(self) -> str:
+        if self._embed_csp is None:
+            origins = self._s3_origins() if callable(self._s3_origins) else self._s3_origins
+            self._embed_csp = content_security_policy(origins, self._image_origins, frame_ancestors=self._embed_origins)
         return self._embed_csp
 
     def register(self, app: web.Application) -> None:
@@ -130,7 +139,7 @@ class WebClient:
             **COMMON_HEADERS,
             "Content-Type": CONTENT_TYPES[".html"],
             # No X-Frame-Options here: it cannot name origins, and frame-ancestors decides.
-            "Content-Security-Policy": self._embed_csp,
+            "Content-Security-Policy": self.embed_csp,
         }
         return web.Response(text=page, headers=headers)
 
@@ -150,7 +159,7 @@ class WebClient:
     def _file(self, path: Path, *, page: bool = False) -> web.FileResponse:
         headers = {**COMMON_HEADERS, "Content-Type": CONTENT_TYPES.get(path.suffix, "application/octet-stream")}
         if page:
-            headers["Content-Security-Policy"] = self._csp
+            headers["Content-Security-Policy"] = self.csp
             headers["X-Frame-Options"] = "DENY"  # for browsers that predate frame-ancestors
         return web.FileResponse(path, headers=headers)
 
@@ -221,6 +230,14 @@ def browser_s3_origins(s3: S3Settings, embedded_s3: EmbeddedS3 | None = None) ->
 def preview_image_origins(preview: PreviewSettings) -> list[str]:
     """Cloudinary serves its thumbnails from its own CDN; local previews come from S3 (already allowed)."""
     return [CLOUDINARY_IMAGE_ORIGIN] if preview.cloudinary_url else []
+
+
+def page_origins(host: str, port: int) -> list[str]:
+    """The origins a browser may show this service's page under, when it serves on host:port."""
+    if host in ("0.0.0.0", "::", "", "127.0.0.1", "localhost", "::1"):
+        # The embedded S3 listens on loopback only, so only a browser on this machine can reach it.
+        return [f"http://127.0.0.1:{port}", f"http://localhost:{port}", f"http://[::1]:{port}"]
+    return [f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"]
 
 
 def origin_of(url: str) -> str:

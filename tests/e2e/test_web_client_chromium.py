@@ -276,8 +276,8 @@ def test_two_people_chat_and_share_a_file_through_the_web_page(
         png = tmp_path / "logo <draft>.png"
         original = make_png(png, (320, 200))
         seller.attach(png, screenshot=tmp_path / "web-client-upload.png")
-        # Straight to S3 as a presigned POST: the file's bytes never pass through the service.
-        assert [r.method for r in seller.s3_requests(service)] == ["POST"]
+        # Straight to S3 as a presigned PUT (size and type signed): the file's bytes never pass through the service.
+        assert [r.method for r in seller.s3_requests(service)] == ["PUT"]
         seller.page.fill("#composer-text", "here is the logo")
         seller.page.click("#send")
 
