@@ -14,7 +14,7 @@ from core.answers import Attachment, DecisionList, DecisionResult, Delivery, Dow
 from core.answers import Report as ReportAnswer
 from core.commands import Command, Id, parse
 from core.http import identity, json_body, ok, query_int
-from core.openapi import Route, RouteTable
+from core.openapi import Route, RouteTable, bounded
 
 
 class RequestUpload(Command):
@@ -157,6 +157,9 @@ class DeliveryRoutes:
         )
 
 
+KINDS = {"type": "string", "enum": ["message", "attachment"]}
+
+
 class ModerationRoutes:
     def __init__(self, moderation: ModerationService) -> None:
         self._moderation = moderation
@@ -166,10 +169,10 @@ class ModerationRoutes:
         add(Route("POST", "/reports", self.report, "report a message or a file", body=Report, answer=ReportAnswer,
                   status=201, errors=("message_not_found", "attachment_not_found", "reason_required")))
         add(Route("GET", "/moderation/queue", self.queue, "flagged files and messages, oldest first",
-                  answer=ModerationQueue, query={"kind": "string", "limit": "integer", "cursor": "string"},
+                  answer=ModerationQueue, query={"kind": KINDS, "limit": bounded(1, 200), "cursor": "string"},
                   moderator=True, errors=("invalid_cursor",)))
         add(Route("GET", "/moderation/decisions", self.decisions, "the audit log of decisions", answer=DecisionList,
-                  query={"target_id": "string", "limit": "integer"}, moderator=True))
+                  query={"target_id": "string", "limit": bounded(1, 500)}, moderator=True))
         add(Route("POST", "/moderation/attachments/{attachment_id}/decision", self.decide_attachment,
                   "release or reject a file", body=Decision, answer=DecisionResult, moderator=True,
                   errors=("attachment_not_found", "cannot_release_infected", "changed_meanwhile", *decided)))

@@ -11,7 +11,9 @@ from core.commands import parse
 from core.errors import Forbidden
 from core.events import EventLog
 from core.http import identity, json_body, ok, query_int
-from core.openapi import Route, RouteTable
+from core.openapi import Route, RouteTable, bounded
+
+SEQ = bounded(0, 2**53)
 
 
 class ChatRoutes:
@@ -25,11 +27,12 @@ class ChatRoutes:
                   body=OpenConversation, answer=Conversation, status=201,
                   errors=("not_a_participant", "same_buyer_and_seller")))
         add(Route("GET", "/conversations", self.list_conversations, "the caller's conversations, newest activity first",
-                  answer=ConversationPage, query={"limit": "integer", "cursor": "string"}, errors=("invalid_cursor",)))
+                  answer=ConversationPage, query={"limit": bounded(1, 100), "cursor": "string"},
+                  errors=("invalid_cursor",)))
         add(Route("GET", conversation, self.get_conversation, "one conversation", answer=Conversation,
                   errors=("conversation_not_found",)))
         add(Route("GET", f"{conversation}/messages", self.history, "messages in seq order", answer=MessagePage,
-                  query={"after_seq": "integer", "before_seq": "integer", "limit": "integer"},
+                  query={"after_seq": SEQ, "before_seq": SEQ, "limit": bounded(1, 1000)},
                   errors=("conversation_not_found",)))
         add(Route("POST", f"{conversation}/messages", self.send_message, "send a message (idempotent by client_id)",
                   body=SendMessageBody, answer=Message, status=201,
@@ -39,7 +42,7 @@ class ChatRoutes:
         add(Route("POST", f"{conversation}/read", self.mark_read, "move the caller's read position",
                   body=MarkReadBody, status=204, errors=("conversation_not_found",)))
         add(Route("GET", "/events", self.events, "the event log, oldest first", answer=EventPage,
-                  query={"after": "integer", "limit": "integer", "type": "string"}, moderator=True))  # fmt: skip
+                  query={"after": SEQ, "limit": bounded(1, 1000), "type": "string"}, moderator=True))  # fmt: skip
 
     async def open_conversation(self, request: web.Request) -> web.Response:
         command = parse(OpenConversation, await json_body(request))
