@@ -42,7 +42,7 @@ from core.http import auth_middleware, body_limit_middleware, cors_middleware, e
 from core.identity import TokenVerifier
 from core.notify import Notifier
 from core.openapi import Route, RouteTable
-from core.sockets import SocketServer, without_websocket_compression
+from core.sockets import SocketServer, engineio_protocol_errors, without_websocket_compression
 from messenger import __version__
 from messenger.database import Database, open_database
 from messenger.web import WebClient
@@ -405,6 +405,7 @@ def create_app(
     middlewares = [
         cors_middleware(settings.runtime.cors_origins),
         errors_middleware,
+        engineio_protocol_errors,
         body_limit_middleware(MAX_REST_BODY),
         auth_middleware(container.verifier),
     ]
