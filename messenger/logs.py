@@ -30,6 +30,19 @@ class MalformedRequests(logging.Filter):
         return True
 
 
+class UnreadablePolls(logging.Filter):
+    """python-engineio logs a long-polling POST whose payload is not Engine.IO packets as an ERROR
+    with a traceback (it then closes the session). The client's fault: one WARNING line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if record.msg == "post request handler error" and isinstance(error, ValueError | KeyError | IndexError):
+            record.msg = f"unreadable long-polling payload; session closed: {error!r}"[:300]
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def configure_logging(level: str) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(KeyValueFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
@@ -39,4 +52,5 @@ def configure_logging(level: str) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.server").addFilter(MalformedRequests())
     logging.getLogger("engineio").setLevel(logging.WARNING)
+    logging.getLogger("engineio.server").addFilter(UnreadablePolls())
     logging.getLogger("socketio").setLevel(logging.WARNING)

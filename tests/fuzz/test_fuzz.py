@@ -236,3 +236,20 @@ def test_odd_socketio_frames_do_not_break_the_server(world: World, loop: asyncio
         assert run(probe.alive())
     finally:
         run(probe.close())
+
+
+POLLING_BODIES = [b"x", b"4x", b"42[\"sync\",[[[[", b"4\x1e4", b"", b"1", b"\xff\xfe", b"[" * 50_000]
+
+
+def test_odd_long_polling_payloads_do_not_break_the_server(world: World) -> None:
+    base = "/socket.io/?EIO=4&transport=polling"
+    for body in POLLING_BODIES:
+        status, opening = world.request("GET", base, None, None)
+        assert status == 200, opening
+        sid = json.loads(opening[1:])["sid"]
+        status, answer = world.request("POST", f"{base}&sid={sid}", body, None)
+        assert status < 500, (body[:40], status, answer[:200])
+        TALLY["polling"] += 1
+    for query in ("EIO=5&transport=polling", "EIO=4&transport=nope", "EIO=4&transport=polling&sid=%ED%A0%80"):
+        status, _ = world.request("GET", f"/socket.io/?{query}", None, None)
+        assert 400 <= status < 500
