@@ -2,9 +2,10 @@
 
 A handler's return value is the ack, `{ok: true, ...}` or `{ok: false, error: {code, message}}`;
 anything unexpected is logged with a request id and answered `internal_error`, never a traceback.
-`SocketServer` is python-socketio's server with three things mended at the packet level: a
+`SocketServer` is python-socketio's server with four things mended at the packet level: a
 session is joined to its rooms only once its CONNECT has gone out, clients cannot emit the
-lifecycle events, and a payload that is not usable JSON is an error ack, not a crash.
+lifecycle events (nor get silence for unknown ones), a payload that is not usable JSON is an
+error ack, and a packet that breaks the protocol closes its connection instead of a traceback.
 """
 
 from __future__ import annotations
