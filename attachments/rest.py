@@ -14,7 +14,7 @@ from core.answers import Attachment, DecisionList, DecisionResult, Delivery, Dow
 from core.answers import Report as ReportAnswer
 from core.commands import Command, Id, parse
 from core.http import identity, json_body, ok, query_int
-from core.openapi import Route, RouteTable
+from core.openapi import Route, RouteTable, bounded
 
 
 class RequestUpload(Command):
@@ -231,6 +231,9 @@ class DeliveryRoutes:
         )
 
 
+KINDS = {"type": "string", "enum": ["message", "attachment"]}
+
+
 class ModerationRoutes:
     def __init__(self, moderation: ModerationService) -> None:
         self._moderation = moderation
@@ -256,7 +259,7 @@ class ModerationRoutes:
                 self.queue,
                 "flagged files and messages, oldest first",
                 answer=ModerationQueue,
-                query={"kind": "string", "limit": "integer", "cursor": "string"},
+                query={"kind": KINDS, "limit": bounded(1, 200), "cursor": "string"},
                 moderator=True,
                 errors=("invalid_cursor",),
             )
@@ -268,7 +271,7 @@ class ModerationRoutes:
                 self.decisions,
                 "the audit log of decisions",
                 answer=DecisionList,
-                query={"target_id": "string", "limit": "integer"},
+                query={"target_id": "string", "limit": bounded(1, 500)},
                 moderator=True,
             )
         )

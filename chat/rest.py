@@ -11,7 +11,9 @@ from core.commands import parse
 from core.errors import Code, Forbidden
 from core.events import EventLog
 from core.http import identity, json_body, ok, query_int
-from core.openapi import Route, RouteTable
+from core.openapi import Route, RouteTable, bounded
+
+SEQ = bounded(0, 2**53)
 
 
 class ChatRoutes:
@@ -40,7 +42,7 @@ class ChatRoutes:
                 self.list_conversations,
                 "the caller's conversations, newest activity first",
                 answer=ConversationPage,
-                query={"limit": "integer", "cursor": "string"},
+                query={"limit": bounded(1, 100), "cursor": "string"},
                 errors=("invalid_cursor",),
             )
         )
@@ -61,7 +63,7 @@ class ChatRoutes:
                 self.history,
                 "messages in seq order",
                 answer=MessagePage,
-                query={"after_seq": "integer", "before_seq": "integer", "limit": "integer"},
+                query={"after_seq": SEQ, "before_seq": SEQ, "limit": bounded(1, 1000)},
                 errors=("conversation_not_found",),
             )
         )
@@ -99,7 +101,7 @@ class ChatRoutes:
             )
         )
         add(Route("GET", "/events", self.events, "the event log, oldest first", answer=EventPage,
-                  query={"after": "integer", "limit": "integer", "type": "string"}, moderator=True))  # fmt: skip
+                  query={"after": SEQ, "limit": bounded(1, 1000), "type": "string"}, moderator=True))  # fmt: skip
 
     async def open_conversation(self, request: web.Request) -> web.Response:
         command = parse(OpenConversation, await json_body(request))

@@ -57,8 +57,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status < 400:
             raise  # redirects and the like are answers, not errors
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        # Keep the exception's headers: a 405 must say which methods are allowed (Allow, RFC 9110).
+        headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
         return web.json_response(
-            {"error": {"code": code, "message": exc.reason, "request_id": request_id}}, status=exc.status
+            {"error": {"code": code, "message": exc.reason, "request_id": request_id}},
+            status=exc.status,
+            headers={**headers, "X-Request-Id": request_id},
         )
     except ConnectionResetError:
         # The client went away mid-answer (a dropped mobile link, often during a websocket

@@ -38,6 +38,8 @@ ERROR_STATUS: dict[str, int] = {
     "note_required": 422, "invalid_action": 422,
     "rate_limited": 429, "not_ready": 503,
 }  # fmt: skip
+# Every path parameter is an id, of the shape ids have in bodies (core.commands.Id).
+ID_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9_.:@\\-]+$"}
 AUTH_ERRORS = ("token_missing", "token_invalid", "token_expired")
 BODY_ERRORS = ("invalid_json", "invalid_payload", "invalid_text", "body_too_large")
 
@@ -52,7 +54,8 @@ class Route:
     answer: type[BaseModel] | None = None  # None: no JSON body (204, or text)
     status: int = 200
     errors: tuple[str, ...] = ()  # beyond those every route of its kind can answer
-    query: Mapping[str, Literal["integer", "string"]] = field(default_factory=dict)
+    # name -> "string", or the JSON Schema of the value (an integer's bounds, say)
+    query: Mapping[str, str | dict[str, Any]] = field(default_factory=dict)
     moderator: bool = False  # only moderators may call it
     public: bool = False  # outside /api/v1, no token
     content_type: str = "application/json"
@@ -71,7 +74,7 @@ class Route:
         codes = [] if self.public else list(AUTH_ERRORS)
         if self.body is not None:
             codes += BODY_ERRORS
-        if self.query and any(kind == "integer" for kind in self.query.values()):
+        if any(_schema(kind).get("type") == "integer" for kind in self.query.values()):
             codes.append("invalid_query")
         if self.moderator:
             codes.append("moderator_only")
@@ -101,6 +104,15 @@ class RouteTable:
         app.router.add_get(OPENAPI_PATH, serve)
 
 
+def bounded(minimum: int, maximum: int) -> dict[str, Any]:
+    """The schema of an integer query parameter, as core.http.query_int checks it."""
+    return {"type": "integer", "minimum": minimum, "maximum": maximum}
+
+
+def _schema(kind: str | dict[str, Any]) -> dict[str, Any]:
+    return {"type": kind} if isinstance(kind, str) else dict(kind)
+
+
 def openapi_document(routes: list[Route], *, title: str, version: str) -> dict[str, Any]:
     models: list[type[BaseModel]] = [ErrorBody]
     for route in routes:
@@ -113,10 +125,10 @@ def openapi_document(routes: list[Route], *, title: str, version: str) -> dict[s
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         parameters: list[dict[str, Any]] = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in route.path_params
+            {"name": name, "in": "path", "required": True, "schema": ID_SCHEMA} for name in route.path_params
         ]
         parameters += [
-            {"name": name, "in": "query", "required": False, "schema": {"type": kind}}
+            {"name": name, "in": "query", "required": False, "schema": _schema(kind)}
             for name, kind in route.query.items()
         ]
         success: dict[str, Any] = {"description": route.summary}

@@ -2,9 +2,10 @@
 
 A handler's return value is the ack, `{ok: true, ...}` or `{ok: false, error: {code, message}}`;
 anything unexpected is logged with a request id and answered `internal_error`, never a traceback.
-`SocketServer` is python-socketio's server with three things mended at the packet level: a
+`SocketServer` is python-socketio's server with four things mended at the packet level: a
 session is joined to its rooms only once its CONNECT has gone out, clients cannot emit the
-lifecycle events, and a payload that is not usable JSON is an error ack, not a crash.
+lifecycle events (nor get silence for unknown ones), a payload that is not usable JSON is an
+error ack, and a packet that breaks the protocol closes its connection instead of a traceback.
 """
 
 from __future__ import annotations
@@ -103,6 +104,16 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
         """
         self._connected_handlers.append(handler)
 
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except PROTOCOL_ERRORS as exc:
+            # python-socketio raises on packets that break the protocol (an unknown type, a
+            # CONNECT_ERROR from a client, attachments for nothing): the client's fault, answered
+            # by closing its connection, as the JavaScript server does; one line, no traceback.
+            log.warning("unreadable Socket.IO packet; connection closed", extra={"problem": repr(exc)[:200]})
+            await self.eio.disconnect(eio_sid)
+
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
         await super()._handle_connect(eio_sid, namespace, data)
         namespace = namespace or "/"
@@ -160,6 +171,27 @@ def acked(
             }
 
     return handle
+
+
+PROTOCOL_ERRORS = (ValueError, TypeError, KeyError, IndexError)
+
+
+@web.middleware
+async def engineio_protocol_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A client breaking the Engine.IO protocol (a frame that is not a packet) is answered by closing it.
+
+    python-engineio decodes websocket frames without a guard, so such a frame ends its handler
+    with a ValueError, which would otherwise be logged as an unhandled error with a traceback.
+    """
+    if not request.path.startswith("/socket.io"):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except PROTOCOL_ERRORS as exc:
+        log.warning("unreadable Engine.IO packet; connection closed", extra={"problem": repr(exc)[:200]})
+        if request.transport is not None:
+            request.transport.close()
+        return web.Response(status=400, text="unreadable Engine.IO packet")
 
 
 @web.middleware

@@ -49,7 +49,7 @@ from core.identity import TokenVerifier
 from core.mongo import Outbox
 from core.notify import Notifier
 from core.openapi import Route, RouteTable
-from core.sockets import SocketServer, without_websocket_compression
+from core.sockets import SocketServer, engineio_protocol_errors, without_websocket_compression
 from messenger import __version__
 from messenger.data_dir import data_dir_claimed
 from messenger.database import Database, Stores, open_stores
@@ -505,6 +505,7 @@ def create_app(
     middlewares = [
         cors_middleware(settings.runtime.cors_origins),
         errors_middleware,
+        engineio_protocol_errors,
         body_limit_middleware(MAX_REST_BODY),
         auth_middleware(container.verifier),
     ]

@@ -198,3 +198,16 @@ async def test_no_push_reaches_a_socket_before_its_connect_and_a_syncing_client_
     assert early == 0
     assert len(sent) > 100
     assert sorted(seen) == list(range(1, max(sent) + 1))
+
+
+def test_a_request_aiohttp_cannot_parse_is_a_400_and_one_log_line_not_a_traceback(service: RunningService) -> None:
+    import socket
+
+    host, port = service.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as conn:
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Probe: \x00\r\n\r\n")
+        answer = conn.recv(65536).decode(errors="replace")
+    assert answer.startswith(("HTTP/1.1 400", "HTTP/1.0 400")), answer
+    time.sleep(0.2)
+    assert "malformed request answered 400" in service.log()
+    assert "Traceback" not in service.log()

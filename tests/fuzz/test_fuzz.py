@@ -208,3 +208,48 @@ def test_no_socket_event_fails_on_hostile_input(world: World, loop: asyncio.Abst
         assert run(raw.alive())
     finally:
         run(raw.close())
+
+
+ODD_FRAMES = [
+    "4", "4x", "49", "4/", "4/nope,", "42", "42[", "421", "4" + "2" * 200,
+    "451-[\"sync\",{\"_placeholder\":true,\"num\":0}]", "45999999999-[\"x\"]",
+    "43[1]", "431[{}]", "41", "41/nope,", "40", "44{}", "6", "5", "1", "x", "",
+]  # fmt: skip
+
+
+def test_odd_socketio_frames_do_not_break_the_server(world: World, loop: asyncio.AbstractEventLoop) -> None:
+    """Frames below the event level: unknown packet types, half packets, binary placeholders, acks for nothing."""
+
+    def run(coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result(30)
+
+    for frame in ODD_FRAMES:
+        raw = run(RawSocket(world.service.url).connect(world.service.token("fz-buyer")))
+        try:
+            run(raw.send_raw(frame))
+            run(raw.alive(seconds=1))  # the server may close or ignore this one; it must not fail otherwise
+        finally:
+            run(raw.close())
+        TALLY["socket-frame"] += 1
+    probe = run(RawSocket(world.service.url).connect(world.service.token("fz-buyer")))
+    try:
+        assert run(probe.alive())
+    finally:
+        run(probe.close())
+
+
+POLLING_BODIES = [b"x", b"4x", b'42["sync",[[[[', b"4\x1e4", b"", b"1", b"\xff\xfe", b"[" * 50_000]
+
+
+def test_odd_long_polling_payloads_do_not_break_the_server(world: World) -> None:
+    base = "/socket.io/?EIO=4&transport=polling"
+    for body in POLLING_BODIES:
+        status, opening = world.request("GET", base, None, None)
+        assert status == 200, opening
+        sid = json.loads(opening[1:])["sid"]
+        status, answer = world.request("POST", f"{base}&sid={sid}", body, None)
+        assert status < 500, (body[:40], status, answer[:200])
+        TALLY["polling"] += 1
+    for query in ("EIO=5&transport=polling", "EIO=4&transport=nope", "EIO=4&transport=polling&sid=%ED%A0%80"):
+        status, _ = world.request("GET", f"/socket.io/?{query}", None, None)
+        assert 400 <= status < 500

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -52,3 +53,18 @@ def test_every_documented_error_code_is_in_the_docs() -> None:
     api = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
     missing = [code for code in ERROR_STATUS if f"`{code}`" not in api]
     assert not missing
+
+
+async def test_a_wrong_method_is_405_with_allow_and_limits_are_in_the_schema(
+    aiohttp_client: Any, token_for: Callable[..., str]
+) -> None:
+    client: TestClient = await aiohttp_client(create_app(make_settings()))
+    headers = {"Authorization": f"Bearer {token_for('alice')}"}
+    response = await client.request("TRACE", "/api/v1/conversations", headers=headers)
+    assert response.status == 405 and (await response.json())["error"]["code"] == "method_not_allowed"
+    assert set(response.headers["Allow"].split(",")) >= {"GET", "POST"}
+    document = await (await client.get("/api/v1/openapi.json")).json()
+    [limit] = [p for p in document["paths"]["/api/v1/conversations"]["get"]["parameters"] if p["name"] == "limit"]
+    assert limit["schema"] == {"type": "integer", "minimum": 1, "maximum": 100}
+    [path] = document["paths"]["/api/v1/conversations/{conversation_id}"]["get"]["parameters"]
+    assert path["schema"]["pattern"] and path["schema"]["maxLength"] == 128

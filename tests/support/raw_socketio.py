@@ -67,10 +67,10 @@ class RawSocket:
     async def call(self, event: Any, payload: Any, seconds: float = 10) -> Any:
         return await self.call_raw(json.dumps([event, payload]), seconds)
 
-    async def alive(self) -> bool:
+    async def alive(self, seconds: float = 5) -> bool:
         """Whether the connection still answers (a sync of nothing is answered with an error ack)."""
         try:
-            await self.call("presence:query", {"user_ids": ["nobody"]}, seconds=5)
+            await self.call("presence:query", {"user_ids": ["nobody"]}, seconds=seconds)
             return True
         except (TimeoutError, ConnectionError):
             return False
