@@ -122,6 +122,15 @@ class PostUpload(Answer):
     expires_at: str
 
 
+class PutUpload(Answer):
+    """A presigned single PUT: send the file as the body with exactly these headers."""
+
+    method: Literal["PUT"]
+    url: str
+    headers: dict[str, str]
+    expires_at: str
+
+
 class PartUrl(Answer):
     part_number: int
     url: str
@@ -137,7 +146,7 @@ class MultipartUpload(Answer):
 
 class UploadGrant(Answer):
     attachment: Attachment
-    upload: PostUpload | MultipartUpload
+    upload: PostUpload | PutUpload | MultipartUpload
 
 
 class DownloadUrl(Answer):
