@@ -21,15 +21,17 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from attachments.deliveries.model import DeliveryChanged
+from attachments.deliveries.rest import DeliveryRoutes
 from attachments.deliveries.service import DeliveryService
 from attachments.deliveries.store import DeliveryStore
 from attachments.embedded_s3 import EmbeddedS3
 from attachments.files.model import AttachmentChanged, AttachmentStatus
+from attachments.files.rest import AttachmentRoutes
 from attachments.files.service import AttachmentService
 from attachments.files.store import AttachmentStore
+from attachments.moderation.rest import ModerationRoutes
 from attachments.moderation.service import ModerationQueue, ModerationService
 from attachments.moderation.store import ModerationStore
-from attachments.rest import AttachmentRoutes, DeliveryRoutes, ModerationRoutes
 from attachments.storage import ObjectStorage, S3Storage
 from chat.locks import LocalLocks, RedisLocks
 from chat.metrics import ChatMetrics

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from socketio import packet
 
-from attachments.rest import CompleteUpload
+from attachments.files.rest import CompleteUpload
 from chat.commands import PresenceQuery, SendMessage
 from core.commands import loads_client_json, parse
 from core.errors import InvalidInput
