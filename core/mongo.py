@@ -134,6 +134,11 @@ class Outbox:
         if doc:
             await self._move(collection, doc_id, doc.get(OUTBOX_FIELD) or [])
 
+    async def append_now(self, events: Sequence[Event]) -> None:
+        """Events whose document is gone (a deletion): appended directly, after the write."""
+        if events:
+            await self._log.append(list(events))
+
     async def _move(self, collection: str, doc_id: Any, event_docs: Sequence[Mapping[str, Any]]) -> None:
         if not event_docs:
             return

@@ -52,6 +52,9 @@ from core.mongo import Outbox
 from core.notify import Notifier
 from core.openapi import Route, RouteTable
 from core.sockets import SocketServer, engineio_protocol_errors, without_websocket_compression
+from inbox.rest import InboxRoutes
+from inbox.service import InboxService
+from inbox.store import InboxStore
 from messenger import __version__
 from messenger.data_dir import data_dir_claimed
 from messenger.database import Database, Stores, open_stores
@@ -115,6 +118,8 @@ class Container:
     moderation: ModerationService
     moderation_store: ModerationStore
     moderation_queue: ModerationQueue
+    inbox_store: InboxStore
+    inbox: InboxService
     previews: PreviewRenderer
     notifier: Notifier
     pipeline_metrics: PipelineMetrics
@@ -247,6 +252,9 @@ def build_container(
     attachment_store: AttachmentStore = stores.attachments
     attachments = AttachmentService(settings.attachments, attachment_store, storage, chat, reactions, notifier, clock)
     chat.use_attachments(attachments)
+    inbox_store: InboxStore = stores.inbox
+    inbox = InboxService(inbox_store, chat, clock)
+    chat.use_inbox(inbox)
     delivery_store: DeliveryStore = stores.deliveries
     deliveries = DeliveryService(delivery_store, chat, attachments, reactions, notifier, clock)
     moderation_store: ModerationStore = stores.moderation
@@ -301,6 +309,8 @@ def build_container(
         moderation=moderation,
         moderation_store=moderation_store,
         moderation_queue=moderation_queue,
+        inbox_store=inbox_store,
+        inbox=inbox,
         previews=previews,
         notifier=notifier,
         pipeline_metrics=PipelineMetrics(registry),
@@ -450,6 +460,7 @@ async def ensure_schemas(container: Container) -> None:
         container.attachment_store,
         container.delivery_store,
         container.moderation_store,
+        container.inbox_store,
     ):
         await store.ensure_schema()
 
@@ -509,7 +520,7 @@ def create_app(
         errors_middleware,
         engineio_protocol_errors,
         body_limit_middleware(MAX_REST_BODY),
-        auth_middleware(container.verifier),
+        auth_middleware(container.verifier, seen=container.inbox.seen),
     ]
     if not settings.runtime.websocket_compression:
         middlewares.insert(0, without_websocket_compression)
@@ -521,6 +532,7 @@ def create_app(
     AttachmentRoutes(container.attachments).register(routes)
     DeliveryRoutes(container.deliveries).register(routes)
     ModerationRoutes(container.moderation).register(routes)
+    InboxRoutes(container.inbox).register(routes)
     routes.add(Route("GET", "/healthz", healthz, "the process is alive", answer=Health, public=True))
     routes.add(Route("GET", "/readyz", readyz, "MongoDB, S3 and clamd reachable", answer=Readiness, public=True,
                      errors=("not_ready",)))  # fmt: skip

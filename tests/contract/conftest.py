@@ -62,6 +62,7 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         opened.attachments,
         opened.deliveries,
         opened.moderation,
+        opened.inbox,
     ):
         await store.ensure_schema()
     yield opened

@@ -1,0 +1,129 @@
+"""MongoDB adapter of the inbox store: it alone owns the `inbox_states`, `user_names` and `blocks` collections.
+
+User ids are not safe as field names, so every document is keyed by values, never by field names.
+A block's events travel in the block document's outbox (core/mongo.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING
+from pymongo.errors import DuplicateKeyError
+
+from core.events import Event
+from core.mongo import OUTBOX_FIELD, Outbox, aware, event_doc
+from inbox.model import Block, InboxState
+
+BLOCKS = "blocks"
+
+
+def _state_id(user_id: str, conversation_id: str) -> str:
+    return f"{len(user_id)}:{user_id}:{conversation_id}"
+
+
+class MongoInboxStore:
+    def __init__(self, db: Any, outbox: Outbox) -> None:
+        self._states = db["inbox_states"]
+        self._names = db["user_names"]
+        self._blocks = db[BLOCKS]
+        self._outbox = outbox
+        outbox.serve(BLOCKS)
+
+    async def ensure_schema(self) -> None:
+        await self._states.create_index(
+            [("user_id", ASCENDING), ("conversation_id", ASCENDING)], name="user_conversation"
+        )
+        await self._blocks.create_index(
+            [("blocker_id", ASCENDING), ("created_at", DESCENDING)], name="blocker_newest_first"
+        )
+        await self._blocks.create_index([("blocked_id", ASCENDING)], name="blocked")
+
+    async def states(self, user_id: str, conversation_ids: Sequence[str]) -> dict[str, InboxState]:
+        ids = [_state_id(user_id, c) for c in conversation_ids]
+        if not ids:
+            return {}
+        found: dict[str, InboxState] = {}
+        async for doc in self._states.find({"_id": {"$in": ids}}):
+            found[doc["conversation_id"]] = InboxState(
+                user_id=doc["user_id"],
+                conversation_id=doc["conversation_id"],
+                starred=bool(doc.get("starred")),
+                archived=bool(doc.get("archived")),
+                labels=tuple(doc.get("labels") or ()),
+                marked_unread=bool(doc.get("marked_unread")),
+            )
+        return found
+
+    async def save_state(self, state: InboxState) -> None:
+        await self._states.update_one(
+            {"_id": _state_id(state.user_id, state.conversation_id)},
+            {
+                "$set": {
+                    "user_id": state.user_id,
+                    "conversation_id": state.conversation_id,
+                    "starred": state.starred,
+                    "archived": state.archived,
+                    "labels": list(state.labels),
+                    "marked_unread": state.marked_unread,
+                }
+            },
+            upsert=True,
+        )
+
+    async def unarchive(self, user_id: str, conversation_id: str) -> None:
+        await self._states.update_one(
+            {"_id": _state_id(user_id, conversation_id), "archived": True}, {"$set": {"archived": False}}
+        )
+
+    async def clear_unread_mark(self, user_id: str, conversation_id: str) -> None:
+        await self._states.update_one(
+            {"_id": _state_id(user_id, conversation_id), "marked_unread": True}, {"$set": {"marked_unread": False}}
+        )
+
+    async def remember_name(self, user_id: str, name: str) -> None:
+        await self._names.update_one({"_id": user_id}, {"$set": {"name": name}}, upsert=True)
+
+    async def names(self, user_ids: Sequence[str]) -> dict[str, str]:
+        ids = list(dict.fromkeys(user_ids))
+        if not ids:
+            return {}
+        return {doc["_id"]: doc["name"] async for doc in self._names.find({"_id": {"$in": ids}})}
+
+    async def block(self, blocker_id: str, blocked_id: str, *, now: datetime, events: Sequence[Event]) -> bool:
+        block_id = _state_id(blocker_id, blocked_id)
+        try:
+            await self._blocks.insert_one(
+                {
+                    "_id": block_id,
+                    "blocker_id": blocker_id,
+                    "blocked_id": blocked_id,
+                    "created_at": now,
+                    OUTBOX_FIELD: [event_doc(e) for e in events],
+                }
+            )
+        except DuplicateKeyError:
+            return False
+        await self._outbox.flush(BLOCKS, block_id, events)
+        return True
+
+    async def unblock(self, blocker_id: str, blocked_id: str, *, events: Sequence[Event]) -> bool:
+        removed = await self._blocks.delete_one({"_id": _state_id(blocker_id, blocked_id)})
+        if not removed.deleted_count:
+            return False
+        # The document that would carry the events is gone: they go straight to the log.
+        await self._outbox.append_now(events)
+        return True
+
+    async def blocks_by(self, blocker_id: str, *, limit: int = 1000) -> list[Block]:
+        cursor = self._blocks.find({"blocker_id": blocker_id}).sort("created_at", DESCENDING).limit(limit)
+        return [
+            Block(doc["blocker_id"], doc["blocked_id"], aware(doc["created_at"]) or doc["created_at"])
+            async for doc in cursor
+        ]
+
+    async def blocked_between(self, a: str, b: str) -> bool:
+        found = await self._blocks.find_one({"_id": {"$in": [_state_id(a, b), _state_id(b, a)]}}, {"_id": 1})
+        return found is not None
