@@ -75,6 +75,7 @@ class ChatRoutes:
                     "attachment_not_attachable",
                     "attachment_already_sent",
                     "rate_limited",
+                    "blocked",
                 ),
             )
         )
