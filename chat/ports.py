@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from chat.model import Conversation
+from chat.model import Conversation, Message
 from core.errors import Code, InvalidInput
 from core.views import View
 
@@ -52,10 +52,10 @@ class InboxHooks(Protocol):
     async def check_can_send(self, conversation: Conversation, sender_id: str) -> None:
         """Raise (`blocked`) when either participant blocks the other."""
 
-    async def message_arrived(self, conversation: Conversation, sender_id: str) -> None:
-        """A message was stored: the recipient's archive gives the conversation back."""
+    async def message_arrived(self, conversation: Conversation, message: Message) -> None:
+        """A message was stored: the recipient's archive gives the conversation back, their reminder starts."""
 
-    async def conversation_read(self, conversation: Conversation, user_id: str) -> None: ...
+    async def conversation_read(self, conversation: Conversation, user_id: str, seq: int) -> None: ...
 
     async def seen(self, user_id: str, name: str | None) -> None:
         """A user signed in with a token carrying this display name."""
@@ -70,10 +70,10 @@ class NoInbox:
     async def check_can_send(self, conversation: Conversation, sender_id: str) -> None:
         return None
 
-    async def message_arrived(self, conversation: Conversation, sender_id: str) -> None:
+    async def message_arrived(self, conversation: Conversation, message: Message) -> None:
         return None
 
-    async def conversation_read(self, conversation: Conversation, user_id: str) -> None:
+    async def conversation_read(self, conversation: Conversation, user_id: str, seq: int) -> None:
         return None
 
     async def seen(self, user_id: str, name: str | None) -> None:

@@ -203,7 +203,7 @@ class ChatService:
                 await self._attachments.link_to_message(attachment_ids, message.id)
             described = await self._attachments.describe(attachment_ids)
             await self._fan_out("message:new", message, conversation.participants, described)
-        await self._inbox.message_arrived(conversation, caller.user_id)
+        await self._inbox.message_arrived(conversation, message)
 
         self._metrics.messages_sent.labels(kind=str(kind)).inc()
         if findings:
@@ -432,7 +432,7 @@ class ChatService:
     async def mark_read(self, caller: Identity, conversation_id: str, seq: int) -> None:
         conversation = await self.conversation_for(caller, conversation_id)
         seq = min(seq, conversation.last_seq)
-        await self._inbox.conversation_read(conversation, caller.user_id)
+        await self._inbox.conversation_read(conversation, caller.user_id, seq)
         if seq <= 0:
             return
         if await self._conversations.advance_read(conversation_id, conversation.role_of(caller.user_id), seq):
@@ -452,6 +452,18 @@ class ChatService:
             {"conversation_id": conversation_id, "user_id": caller.user_id, "typing": typing},
             [conversation.other(caller.user_id)],
         )
+
+    async def unread_count(self, conversation_id: str, user_id: str) -> int:
+        """How many messages the participant has not read (0 for anyone else); for reminders."""
+        conversation = await self._conversations.get(conversation_id)
+        if conversation is None or user_id not in conversation.participants:
+            return 0
+        return max(0, conversation.last_seq - conversation.read_seq_of(user_id))
+
+    async def participants(self, conversation_id: str) -> tuple[str, str] | None:
+        """(buyer, seller) of a conversation, for read models built from events."""
+        conversation = await self._conversations.get(conversation_id)
+        return conversation.participants if conversation else None
 
     async def ensure_can_send(self, caller: Identity, conversation_id: str) -> None:
         """Raise unless the caller may add to the conversation now (uploads ask before they start)."""

@@ -137,6 +137,14 @@ class User(Answer):
     last_seen: str | None
 
 
+class ResponseStats(Answer):
+    user_id: str
+    first_response_seconds_median: float | None
+    response_rate: float | None
+    window_days: int
+    conversations: int
+
+
 class Block(Answer):
     user_id: str
     created_at: str

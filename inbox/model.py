@@ -27,3 +27,27 @@ class Block:
     blocker_id: str
     blocked_id: str
     created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Reminder:
+    """A durable timer: `user_id` has had unread messages in the conversation since `oldest_unread_at`."""
+
+    user_id: str
+    conversation_id: str
+    due_at: datetime
+    oldest_unread_at: datetime
+    first_unread_seq: int
+    last_seq: int
+    fired: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FirstAnswer:
+    """One buyer-started conversation in the responsiveness read model, and when the seller first answered."""
+
+    conversation_id: str
+    seller_id: str
+    buyer_id: str
+    started_at: datetime
+    answered_at: datetime | None = None

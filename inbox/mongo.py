@@ -10,14 +10,15 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from core.events import Event
-from core.mongo import OUTBOX_FIELD, Outbox, aware, event_doc
-from inbox.model import Block, InboxState
+from core.mongo import NO_OUTBOX, OUTBOX_FIELD, Doc, Outbox, aware, event_doc, with_outbox
+from inbox.model import Block, FirstAnswer, InboxState, Reminder
 
 BLOCKS = "blocks"
+REMINDERS = "unread_reminders"
 
 
 def _state_id(user_id: str, conversation_id: str) -> str:
@@ -127,3 +128,115 @@ class MongoInboxStore:
     async def blocked_between(self, a: str, b: str) -> bool:
         found = await self._blocks.find_one({"_id": {"$in": [_state_id(a, b), _state_id(b, a)]}}, {"_id": 1})
         return found is not None
+
+
+def _reminder(doc: Doc) -> Reminder:
+    return Reminder(
+        user_id=doc["user_id"],
+        conversation_id=doc["conversation_id"],
+        due_at=aware(doc["due_at"]) or doc["due_at"],
+        oldest_unread_at=aware(doc["oldest_unread_at"]) or doc["oldest_unread_at"],
+        first_unread_seq=int(doc["first_unread_seq"]),
+        last_seq=int(doc["last_seq"]),
+        fired=bool(doc.get("fired")),
+    )
+
+
+class MongoReminderStore:
+    def __init__(self, db: Any, outbox: Outbox) -> None:
+        self._reminders = db[REMINDERS]
+        self._outbox = outbox
+        outbox.serve(REMINDERS)
+
+    async def ensure_schema(self) -> None:
+        await self._reminders.create_index([("fired", ASCENDING), ("due_at", ASCENDING)], name="due")
+
+    async def note_unread(
+        self, user_id: str, conversation_id: str, seq: int, *, at: datetime, due_at: datetime
+    ) -> None:
+        await self._reminders.update_one(
+            {"_id": _state_id(user_id, conversation_id)},
+            {
+                "$setOnInsert": {
+                    "user_id": user_id,
+                    "conversation_id": conversation_id,
+                    "due_at": due_at,
+                    "oldest_unread_at": at,
+                    "first_unread_seq": seq,
+                    "fired": False,
+                },
+                "$max": {"last_seq": seq},
+            },
+            upsert=True,
+        )
+
+    async def note_read(self, user_id: str, conversation_id: str, seq: int) -> None:
+        await self._reminders.delete_one({"_id": _state_id(user_id, conversation_id), "last_seq": {"$lte": seq}})
+
+    async def due(self, now: datetime, *, limit: int = 200) -> list[Reminder]:
+        cursor = self._reminders.find({"fired": False, "due_at": {"$lte": now}}, NO_OUTBOX).sort("due_at", ASCENDING)
+        return [_reminder(doc) async for doc in cursor.limit(limit)]
+
+    async def fire(self, reminder: Reminder, events: Sequence[Event]) -> bool:
+        doc_id = _state_id(reminder.user_id, reminder.conversation_id)
+        fired = await self._reminders.find_one_and_update(
+            {"_id": doc_id, "fired": False, "first_unread_seq": reminder.first_unread_seq},
+            with_outbox({"$set": {"fired": True}}, events),
+            projection={"_id": 1},
+            return_document=ReturnDocument.AFTER,
+        )
+        if fired is None:
+            return False
+        await self._outbox.flush(REMINDERS, doc_id, events)
+        return True
+
+    async def get(self, user_id: str, conversation_id: str) -> Reminder | None:
+        doc = await self._reminders.find_one({"_id": _state_id(user_id, conversation_id)}, NO_OUTBOX)
+        return _reminder(doc) if doc else None
+
+
+class MongoResponseStatsStore:
+    def __init__(self, db: Any) -> None:
+        self._conversations = db["response_conversations"]
+        self._checkpoints = db["projection_checkpoints"]
+
+    async def ensure_schema(self) -> None:
+        await self._conversations.create_index([("seller_id", ASCENDING), ("started_at", ASCENDING)], name="seller")
+
+    async def checkpoint(self) -> int:
+        doc = await self._checkpoints.find_one({"_id": "response_stats"})
+        return int(doc["position"]) if doc else 0
+
+    async def save_checkpoint(self, position: int) -> None:
+        await self._checkpoints.update_one({"_id": "response_stats"}, {"$set": {"position": position}}, upsert=True)
+
+    async def started(self, conversation_id: str, seller_id: str, buyer_id: str, at: datetime) -> None:
+        await self._conversations.update_one(
+            {"_id": conversation_id},
+            {"$setOnInsert": {"seller_id": seller_id, "buyer_id": buyer_id, "started_at": at, "answered_at": None}},
+            upsert=True,
+        )
+
+    async def answered(self, conversation_id: str, at: datetime) -> None:
+        await self._conversations.update_one(
+            {"_id": conversation_id, "answered_at": None}, {"$set": {"answered_at": at}}
+        )
+
+    async def of_seller(self, seller_id: str, *, since: datetime) -> list[FirstAnswer]:
+        cursor = self._conversations.find({"seller_id": seller_id, "started_at": {"$gte": since}}).sort(
+            [("started_at", ASCENDING), ("_id", ASCENDING)]
+        )
+        return [
+            FirstAnswer(
+                doc["_id"],
+                doc["seller_id"],
+                doc["buyer_id"],
+                aware(doc["started_at"]) or doc["started_at"],
+                aware(doc.get("answered_at")),
+            )
+            async for doc in cursor
+        ]
+
+    async def clear(self) -> None:
+        await self._conversations.delete_many({})
+        await self._checkpoints.delete_one({"_id": "response_stats"})

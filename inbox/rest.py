@@ -4,19 +4,21 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from core.answers import Block, BlockList, Conversation, ConversationPage, SearchPage, User
+from core.answers import Block, BlockList, Conversation, ConversationPage, ResponseStats, SearchPage, User
 from core.commands import parse
 from core.http import identity, json_body, ok, query_int
 from core.openapi import Route, RouteTable, bounded
 from inbox.commands import BlockUser, ChangeConversation
+from inbox.responsiveness import ResponseStats as ResponseStatsModel
 from inbox.service import InboxService
 
 FILTER = {"type": "string", "enum": ["all", "unread", "starred", "archived"]}
 
 
 class InboxRoutes:
-    def __init__(self, inbox: InboxService) -> None:
+    def __init__(self, inbox: InboxService, response_stats: ResponseStatsModel) -> None:
         self._inbox = inbox
+        self._response_stats = response_stats
 
     def register(self, routes: RouteTable) -> None:
         add = routes.add
@@ -63,6 +65,15 @@ class InboxRoutes:
                 errors=("user_not_found",),
             )
         )
+        add(
+            Route(
+                "GET",
+                "/users/{user_id}/response-stats",
+                self.response_stats,
+                "a seller's responsiveness: share of buyer-started conversations answered in 24 h, median first answer",
+                answer=ResponseStats,
+            )
+        )
         add(Route("GET", "/blocks", self.blocks, "the users the caller blocks", answer=BlockList))
         add(
             Route(
@@ -106,6 +117,9 @@ class InboxRoutes:
 
     async def user(self, request: web.Request) -> web.Response:
         return ok(await self._inbox.user(identity(request), request.match_info["user_id"]))
+
+    async def response_stats(self, request: web.Request) -> web.Response:
+        return ok(await self._response_stats.of(request.match_info["user_id"]))
 
     async def blocks(self, request: web.Request) -> web.Response:
         return ok({"blocks": await self._inbox.blocks(identity(request))})

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from enum import StrEnum
 
-from chat.model import Conversation
+from chat.model import Conversation, Message
 from chat.service import ChatService
 from core.clock import Clock, SystemClock, iso
 from core.errors import Code, Forbidden, InvalidInput, NotFound
@@ -20,6 +20,7 @@ from core.identity import Identity
 from core.views import View
 from inbox.commands import ChangeConversation
 from inbox.model import InboxState
+from inbox.reminders import UnreadReminders
 from inbox.store import InboxStore
 
 log = logging.getLogger(__name__)
@@ -36,10 +37,13 @@ class InboxFilter(StrEnum):
 
 
 class InboxService:
-    def __init__(self, store: InboxStore, chat: ChatService, clock: Clock | None = None) -> None:
+    def __init__(
+        self, store: InboxStore, chat: ChatService, clock: Clock | None = None, reminders: UnreadReminders | None = None
+    ) -> None:
         self._store = store
         self._chat = chat
         self._clock = clock or SystemClock()
+        self._reminders = reminders
         self._known_names: dict[str, str] = {}
 
     # --- what chat asks (InboxHooks) ----------------------------------------------------
@@ -69,11 +73,16 @@ class InboxService:
         if await self._store.blocked_between(conversation.buyer_id, conversation.seller_id):
             raise Forbidden("one of you blocks the other: nothing more can be sent here", code=Code.BLOCKED)
 
-    async def message_arrived(self, conversation: Conversation, sender_id: str) -> None:
-        await self._store.unarchive(conversation.other(sender_id), conversation.id)
+    async def message_arrived(self, conversation: Conversation, message: Message) -> None:
+        recipient = conversation.other(message.sender_id)
+        await self._store.unarchive(recipient, conversation.id)
+        if self._reminders is not None:
+            await self._reminders.message_arrived(conversation.id, message.sender_id, recipient, message)
 
-    async def conversation_read(self, conversation: Conversation, user_id: str) -> None:
+    async def conversation_read(self, conversation: Conversation, user_id: str, seq: int) -> None:
         await self._store.clear_unread_mark(user_id, conversation.id)
+        if self._reminders is not None:
+            await self._reminders.read(user_id, conversation.id, seq)
 
     async def seen(self, user_id: str, name: str | None) -> None:
         if not name or self._known_names.get(user_id) == name:

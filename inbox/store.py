@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Protocol
 
 from core.events import Event
-from inbox.model import Block, InboxState
+from inbox.model import Block, FirstAnswer, InboxState, Reminder
 
 
 class InboxStore(Protocol):
@@ -46,3 +46,50 @@ class InboxStore(Protocol):
     async def blocked_between(self, a: str, b: str) -> bool:
         """Whether either user blocks the other."""
         ...
+
+
+class ReminderStore(Protocol):
+    """Durable unread-reminder timers, one per user and conversation while an unread streak lasts."""
+
+    async def ensure_schema(self) -> None: ...
+
+    async def note_unread(
+        self, user_id: str, conversation_id: str, seq: int, *, at: datetime, due_at: datetime
+    ) -> None:
+        """A message the user has not read: starts a streak (and its timer) unless one is running."""
+
+    async def note_read(self, user_id: str, conversation_id: str, seq: int) -> None:
+        """The user has read up to seq: a streak whose messages are all read ends (fired or not)."""
+
+    async def due(self, now: datetime, *, limit: int = 200) -> list[Reminder]:
+        """Timers not yet fired whose time has come, the earliest first."""
+        ...
+
+    async def fire(self, reminder: Reminder, events: Sequence[Event]) -> bool:
+        """Mark the streak's timer fired with its events, once: False when it fired or ended meanwhile."""
+        ...
+
+    async def get(self, user_id: str, conversation_id: str) -> Reminder | None: ...
+
+
+class ResponseStatsStore(Protocol):
+    """The responsiveness read model: buyer-started conversations and the seller's first answer."""
+
+    async def ensure_schema(self) -> None: ...
+
+    async def checkpoint(self) -> int: ...
+
+    async def save_checkpoint(self, position: int) -> None: ...
+
+    async def started(self, conversation_id: str, seller_id: str, buyer_id: str, at: datetime) -> None:
+        """A buyer opened the conversation with its first message (a repeat changes nothing)."""
+
+    async def answered(self, conversation_id: str, at: datetime) -> None:
+        """The seller's first answer; later ones (and answers to unknown conversations) change nothing."""
+
+    async def of_seller(self, seller_id: str, *, since: datetime) -> list[FirstAnswer]:
+        """The seller's buyer-started conversations since then, oldest first."""
+        ...
+
+    async def clear(self) -> None:
+        """Forget the model and its checkpoint (to rebuild it from the log)."""

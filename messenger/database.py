@@ -21,7 +21,7 @@ from config.settings import Settings
 from core.events import EventLog
 from core.mongo import Outbox
 from core.sqlite import SqliteEngine
-from inbox.store import InboxStore
+from inbox.store import InboxStore, ReminderStore, ResponseStatsStore
 from workers.relay_store import RelayCheckpoints
 
 DATABASE_FILE = "messenger.db"
@@ -82,6 +82,8 @@ class Stores:
     moderation: ModerationStore
     relay_checkpoints: RelayCheckpoints
     inbox: InboxStore
+    reminders: ReminderStore
+    response_stats: ResponseStatsStore
     outbox: Outbox | None = None
 
 
@@ -108,7 +110,7 @@ def sqlite_stores(engine: SqliteEngine) -> Stores:
     from attachments.moderation.sqlite import SqliteModerationStore
     from chat.sqlite import SqliteConversationStore, SqliteMessageStore
     from core.sqlite import SqliteEventLog
-    from inbox.sqlite import SqliteInboxStore
+    from inbox.sqlite import SqliteInboxStore, SqliteReminderStore, SqliteResponseStatsStore
     from workers.sqlite import SqliteRelayCheckpoints
 
     durability = "power loss" if engine.synchronous == "FULL" else "a crash; SQLITE_SYNCHRONOUS=FULL: power loss"
@@ -122,6 +124,8 @@ def sqlite_stores(engine: SqliteEngine) -> Stores:
         moderation=SqliteModerationStore(engine),
         relay_checkpoints=SqliteRelayCheckpoints(engine),
         inbox=SqliteInboxStore(engine),
+        reminders=SqliteReminderStore(engine),
+        response_stats=SqliteResponseStatsStore(engine),
     )
 
 
@@ -132,7 +136,7 @@ def mongo_stores(client: Any, database: str, description: str, *, embedded: bool
     from attachments.moderation.mongo import MongoModerationStore
     from chat.mongo import MongoConversationStore, MongoMessageStore
     from core.mongo import MongoEventLog
-    from inbox.mongo import MongoInboxStore
+    from inbox.mongo import MongoInboxStore, MongoReminderStore, MongoResponseStatsStore
     from workers.mongo import MongoRelayCheckpoints
 
     db = client[database]
@@ -148,5 +152,7 @@ def mongo_stores(client: Any, database: str, description: str, *, embedded: bool
         moderation=MongoModerationStore(db, outbox),
         relay_checkpoints=MongoRelayCheckpoints(db),
         inbox=MongoInboxStore(db, outbox),
+        reminders=MongoReminderStore(db, outbox),
+        response_stats=MongoResponseStatsStore(db),
         outbox=outbox,
     )

@@ -63,6 +63,8 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         opened.deliveries,
         opened.moderation,
         opened.inbox,
+        opened.reminders,
+        opened.response_stats,
     ):
         await store.ensure_schema()
     yield opened

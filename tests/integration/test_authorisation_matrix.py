@@ -67,6 +67,7 @@ EXPECTED: dict[tuple[str, str], dict[str, str]] = {
     ("GET", "/api/v1/search"): EVERYONE,
     # Anyone sharing a conversation with the user (the seller themself, here) and nobody else.
     ("GET", "/api/v1/users/{user_id}"): {**EVERYONE, "stranger": "user_not_found", "moderator": "user_not_found"},
+    ("GET", "/api/v1/users/{user_id}/response-stats"): EVERYONE,  # a gig page shows it to anyone
     ("GET", "/api/v1/blocks"): EVERYONE,
     ("POST", "/api/v1/blocks"): EVERYONE,
     ("DELETE", "/api/v1/blocks/{user_id}"): EVERYONE,

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from core.answers import BlockList, Conversation, ConversationPage, SearchPage, User
+from core.answers import BlockList, Conversation, ConversationPage, ResponseStats, SearchPage, User
 from core.identity import issue_token
 from messenger.app import CONTAINER, create_app
 from tests.conftest import make_settings
@@ -134,3 +134,17 @@ async def test_a_block_refuses_rest_sends_and_uploads_both_ways(client: TestClie
 def auth_moderator(client: TestClient) -> dict[str, str]:
     settings = client.app[CONTAINER].settings
     return {"Authorization": f"Bearer {issue_token(settings.auth, 'mod', moderator=True)}"}
+
+
+async def test_response_stats_are_served_to_anyone(client: TestClient) -> None:
+    alice, bob = auth(client, "alice"), auth(client, "bob")
+    conversation = await opened(client, alice, "o1")
+    for who, client_id in ((alice, "q"), (bob, "r")):
+        sent = await client.post(
+            f"{API}/conversations/{conversation}/messages", json={"client_id": client_id, "text": "hi"}, headers=who
+        )
+        assert sent.status == 201
+    answer = await client.get(f"{API}/users/bob/response-stats", headers=auth(client, "mallory"))
+    stats = ResponseStats.model_validate(await answer.json())
+    assert stats.conversations == 1 and stats.response_rate == 1.0 and stats.window_days == 30
+    assert stats.first_response_seconds_median is not None and stats.first_response_seconds_median < 60
