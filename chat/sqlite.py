@@ -315,10 +315,11 @@ class SqliteMessageStore:
         match = f"{keys} AND body : ({words})"
 
         def search(c: Connection) -> list[Message]:
+            # Ranked inside the index first, so only the page's messages are read from `messages`.
             rows = c.execute(
-                "SELECT m.body FROM message_search s JOIN messages m ON m.rowid = s.rowid / 2"
-                " WHERE message_search MATCH ? ORDER BY bm25(message_search, 0.0, 1.0), s.rowid DESC"
-                " LIMIT ? OFFSET ?",
+                "SELECT m.body FROM (SELECT rowid, bm25(message_search, 0.0, 1.0) AS score FROM message_search"
+                " WHERE message_search MATCH ? ORDER BY score, rowid DESC LIMIT ? OFFSET ?) s"
+                " JOIN messages m ON m.rowid = s.rowid / 2 ORDER BY s.score, s.rowid DESC",
                 (match, limit, offset),
             )
             return [MESSAGE.loads(r[0]) for r in rows]
