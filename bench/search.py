@@ -26,12 +26,13 @@ from core.ids import new_id
 from core.sqlite import SqliteEngine
 from messenger.database import Stores, mongo_stores, sqlite_stores
 
-WORDS = (
-    "logo design draft revision invoice delivery order file brand colour font layout website banner "
-    "poster sketch vector print deadline budget feedback review approve change final version source "
-    "illustration mockup icon palette typography photo edit resize format export preview thanks hello "
-    "please update question answer meeting call schedule week monday friday tomorrow today urgent"
-).split()
+VOCABULARY = """
+logo design draft revision invoice delivery order file brand colour font layout website banner poster
+sketch vector print deadline budget feedback review approve change final version source illustration
+mockup icon palette typography photo edit resize format export preview thanks hello please update
+question answer meeting call schedule week monday friday tomorrow today urgent
+"""
+WORDS = VOCABULARY.split()
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -134,7 +135,8 @@ async def main() -> None:
         print(f"MongoDB adapter on the in-process engine: {args.mongo_messages:,} messages", flush=True)
         stores = mongo_stores(client, "bench_search", "mongomock")
         await ensure(stores)
-        ids = await fill(stores, args.mongo_messages, max(10, args.conversations * args.mongo_messages // args.messages))
+        conversations = max(10, args.conversations * args.mongo_messages // args.messages)
+        ids = await fill(stores, args.mongo_messages, conversations)
         await searches(stores, ids, max(5, args.runs // 10))
 
 
