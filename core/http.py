@@ -138,7 +138,8 @@ def cors_middleware(allowed_origins: list[str]) -> Middleware:
         headers = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             headers |= {
-                "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                # PATCH and DELETE: the inbox routes (PATCH /conversations/{id}, DELETE /blocks/{id}).
+                "Access-Control-Allow-Methods": "GET, POST, PATCH, DELETE, OPTIONS",
                 "Access-Control-Allow-Headers": "Authorization, Content-Type, X-Request-Id",
                 "Access-Control-Max-Age": "600",
             }
