@@ -144,6 +144,7 @@ def _reminder(doc: Doc) -> Reminder:
 
 class MongoReminderStore:
     def __init__(self, db: Any, outbox: Outbox) -> None:
+        self._states = db["inbox_states"]
         self._reminders = db[REMINDERS]
         self._outbox = outbox
         outbox.serve(REMINDERS)
@@ -172,6 +173,16 @@ class MongoReminderStore:
 
     async def note_read(self, user_id: str, conversation_id: str, seq: int) -> None:
         await self._reminders.delete_one({"_id": _state_id(user_id, conversation_id), "last_seq": {"$lte": seq}})
+
+    async def note_message(
+        self, conversation_id: str, sender_id: str, recipient_id: str, seq: int, *, at: datetime, due_at: datetime
+    ) -> None:
+        # Three single-document writes, each idempotent: a crash between them loses nothing a retry needs.
+        await self._states.update_one(
+            {"_id": _state_id(recipient_id, conversation_id), "archived": True}, {"$set": {"archived": False}}
+        )
+        await self.note_read(sender_id, conversation_id, seq)
+        await self.note_unread(recipient_id, conversation_id, seq, at=at, due_at=due_at)
 
     async def due(self, now: datetime, *, limit: int = 200) -> list[Reminder]:
         cursor = self._reminders.find({"fired": False, "due_at": {"$lte": now}}, NO_OUTBOX).sort("due_at", ASCENDING)

@@ -32,10 +32,14 @@ class UnreadReminders:
         self._delay = timedelta(seconds=settings.unread_reminder_delay_seconds)
 
     async def message_arrived(self, conversation_id: str, sender_id: str, recipient_id: str, message: Message) -> None:
-        # The sender has read everything up to their own message; the recipient has one more unread.
-        await self._store.note_read(sender_id, conversation_id, message.seq)
-        await self._store.note_unread(
-            recipient_id, conversation_id, message.seq, at=message.created_at, due_at=message.created_at + self._delay
+        """Out of the recipient's archive; the sender has read up to their own message, the recipient not."""
+        await self._store.note_message(
+            conversation_id,
+            sender_id,
+            recipient_id,
+            message.seq,
+            at=message.created_at,
+            due_at=message.created_at + self._delay,
         )
 
     async def read(self, user_id: str, conversation_id: str, seq: int) -> None:

@@ -75,9 +75,10 @@ class InboxService:
 
     async def message_arrived(self, conversation: Conversation, message: Message) -> None:
         recipient = conversation.other(message.sender_id)
-        await self._store.unarchive(recipient, conversation.id)
-        if self._reminders is not None:
+        if self._reminders is not None:  # one write for both (the reminder store's note_message)
             await self._reminders.message_arrived(conversation.id, message.sender_id, recipient, message)
+        else:
+            await self._store.unarchive(recipient, conversation.id)
 
     async def conversation_read(self, conversation: Conversation, user_id: str, seq: int) -> None:
         await self._store.clear_unread_mark(user_id, conversation.id)

@@ -187,6 +187,27 @@ class SqliteReminderStore:
             )
         )
 
+    async def note_message(
+        self, conversation_id: str, sender_id: str, recipient_id: str, seq: int, *, at: datetime, due_at: datetime
+    ) -> None:
+        def note(c: Connection) -> None:
+            # One transaction on the send path instead of three (inbox_states is this part's table too).
+            c.execute(
+                "UPDATE inbox_states SET archived = 0 WHERE user_id = ? AND conversation_id = ? AND archived = 1",
+                (recipient_id, conversation_id),
+            )
+            c.execute(
+                "DELETE FROM unread_reminders WHERE user_id = ? AND conversation_id = ? AND last_seq <= ?",
+                (sender_id, conversation_id, seq),
+            )
+            c.execute(
+                f"INSERT INTO unread_reminders ({REMINDER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 0)"
+                " ON CONFLICT (user_id, conversation_id) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
+                (recipient_id, conversation_id, to_ms(due_at), to_ms(at), seq, seq),
+            )
+
+        await self._engine.run(note)
+
     async def due(self, now: datetime, *, limit: int = 200) -> list[Reminder]:
         def due(c: Connection) -> list[Reminder]:
             rows = c.execute(

@@ -61,6 +61,12 @@ class ReminderStore(Protocol):
     async def note_read(self, user_id: str, conversation_id: str, seq: int) -> None:
         """The user has read up to seq: a streak whose messages are all read ends (fired or not)."""
 
+    async def note_message(
+        self, conversation_id: str, sender_id: str, recipient_id: str, seq: int, *, at: datetime, due_at: datetime
+    ) -> None:
+        """A message was stored, in one write: the recipient's archive gives the conversation back, the
+        sender has read up to it (note_read), the recipient has it unread (note_unread)."""
+
     async def due(self, now: datetime, *, limit: int = 200) -> list[Reminder]:
         """Timers not yet fired whose time has come, the earliest first."""
         ...

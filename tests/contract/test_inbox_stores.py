@@ -110,3 +110,15 @@ async def test_the_response_model_keeps_the_first_answer_and_its_checkpoint(stor
     assert [r.conversation_id for r in await model.of_seller("bob", since=T0 + timedelta(minutes=1))] == ["c2"]
     await model.clear()
     assert await model.checkpoint() == 0 and await model.of_seller("bob", since=T0) == []
+
+
+async def test_note_message_unarchives_ends_the_senders_streak_and_starts_the_recipients(stores: Stores) -> None:
+    await stores.inbox.save_state(InboxState("bob", "c1", archived=True, starred=True))
+    await stores.reminders.note_unread("alice", "c1", 1, at=T0, due_at=T0 + timedelta(minutes=15))
+    at = T0 + timedelta(minutes=1)
+    await stores.reminders.note_message("c1", "alice", "bob", 2, at=at, due_at=at + timedelta(minutes=15))
+    assert await stores.inbox.states("bob", ["c1"]) == {"c1": InboxState("bob", "c1", starred=True)}
+    assert await stores.reminders.get("alice", "c1") is None  # answering is reading
+    assert await stores.reminders.get("bob", "c1") == Reminder(
+        "bob", "c1", at + timedelta(minutes=15), at, first_unread_seq=2, last_seq=2
+    )
