@@ -216,8 +216,9 @@ class MongoMessageStore:
         # a multikey index on them answers "all these words" on a replica set and in process alike.
         await self._search.create_index([("viewer_id", ASCENDING), ("words", ASCENDING)], name="viewer_words")
 
-    async def _index(self, message: Message) -> None:
-        await self._search.delete_many({"message_id": message.id})
+    async def _index(self, message: Message, *, fresh: bool = False) -> None:
+        if not fresh:  # a new message has nothing indexed yet
+            await self._search.delete_many({"message_id": message.id})
         pair = await self._conversations.find_one({"_id": message.conversation_id}, {"buyer_id": 1, "seller_id": 1})
         if pair is None:
             return
@@ -283,7 +284,7 @@ class MongoMessageStore:
                 raise ClientIdTaken(message.client_id) from None
             raise SeqTaken(message.seq) from None
         await self._outbox.flush(MESSAGES, message.id, events)
-        await self._index(message)
+        await self._index(message, fresh=True)
 
     async def save_change(self, message: Message, events: Sequence[Event]) -> Message | None:
         doc = await self._messages.find_one_and_update(

@@ -110,7 +110,7 @@ class ChatService:
         """
         limit = max(1, min(limit, 100))
         before = decode_cursor(cursor) if cursor else None
-        batch = limit if keep is None else 100
+        batch = limit if keep is None else min(100, limit * 2)
         views: list[View] = []
         scanned = 0
         while True:
@@ -465,9 +465,10 @@ class ChatService:
         conversation = await self._conversations.get(conversation_id)
         return conversation.participants if conversation else None
 
-    async def ensure_can_send(self, caller: Identity, conversation_id: str) -> None:
-        """Raise unless the caller may add to the conversation now (uploads ask before they start)."""
-        conversation = await self.conversation_for(caller, conversation_id)
+    async def ensure_can_send(self, caller: Identity, conversation: Conversation) -> None:
+        """Raise (`blocked`) unless the caller may add to this conversation (from conversation_for) now.
+
+        Uploads ask before they start, so a blocked side cannot even put a file in the bucket."""
         await self._inbox.check_can_send(conversation, caller.user_id)
 
     async def search(
