@@ -537,6 +537,14 @@ def test_star_archive_filters_and_search_work_against_the_server(
         results.filter(has_text=f"the pastel logo {run}").wait_for()
         assert results.count() == 1
 
+        # Mark unread: the page goes back to the inbox and the server counts it unread for the buyer alone.
+        filters.get_by_role("button", name="All").click()
+        inbox.get_by_role("button", name=re.compile(first_seller)).click()
+        page.get_by_role("button", name="Mark unread").click()
+        page.locator(f"#conversations li[data-unread='1']:has-text('{first_seller}')").wait_for()
+        marked = rest(service, buyer_id, "GET", "/conversations?filter=unread")["conversations"]
+        assert [c["counterpart"]["id"] for c in marked] == [first_seller]
+
         # A new message from the other side takes the conversation out of the archive.
         archived = rest(service, buyer_id, "GET", "/conversations?filter=archived")["conversations"][0]
         rest(
