@@ -264,9 +264,11 @@ class SqliteMessageStore:
     ) -> tuple[list[Message], bool]:
         def page(c: Connection) -> tuple[list[Message], bool]:
             if after_seq is not None:
+                # Few messages change, many are older: walk the updated_seq index, not every older seq
+                # (the planner, without statistics, would take the seq index and read them all).
                 changed = c.execute(
-                    "SELECT body FROM messages WHERE conversation_id = ? AND seq <= ? AND updated_seq > ?"
-                    " ORDER BY seq LIMIT ?",
+                    "SELECT body FROM messages INDEXED BY messages_conversation_updated_seq"
+                    " WHERE conversation_id = ? AND updated_seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
                     (conversation_id, after_seq, after_seq, MAX_CHANGED_PER_SYNC),
                 ).fetchall()
                 sql = "SELECT body FROM messages WHERE conversation_id = ? AND seq > ?"
