@@ -175,6 +175,7 @@ async def bench_history(adapter: Adapter, size: int, seconds: float) -> dict[str
         await s.messages.insert(message, [])
         if seq % 5000 == 0:
             log(f"    {adapter.name}: {seq:,} messages stored ({time.perf_counter() - started:.1f} s)")
+    await s.conversations.record_message(conversation.id, Role.BUYER, size, message.id, message.created_ms)
     rng = random.Random(7)
     figures: dict[str, float] = {}
     for label, kwargs in (
