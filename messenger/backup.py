@@ -43,6 +43,8 @@ def backup(data_dir: Path, destination: Path) -> BackupReport:
     unless it was deleted in between (a rejected, expired or quarantined file). Objects created
     after the database copy are copied too, and stay unreferenced.
     """
+    if not (data_dir / DATABASE_FILE).is_file():
+        raise FileNotFoundError(f"no database at {data_dir / DATABASE_FILE} (is MESSENGER_DATA_DIR right?)")
     if destination.exists() and any(destination.iterdir()):
         raise FileExistsError(f"{destination} is not empty; back up into a new directory")
     destination.mkdir(parents=True, exist_ok=True)
