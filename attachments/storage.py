@@ -39,12 +39,11 @@ class UploadGone(Exception):
 
 
 class ObjectStorage(Protocol):
-    # Whether the store enforces presigned POST policies (AWS, moto); without them single-part
-    # uploads are presigned PUTs with their length and type signed in.
+    # False where the S3 API server has no POST policy (the embedded one): grant presign_put instead.
     supports_post_policy: bool
 
-    async def presign_put(self, key: str, *, size: int, content_type: str, expires_in: int) -> dict[str, Any]: ...
     async def presign_post(self, key: str, *, size: int, content_type: str, expires_in: int) -> dict[str, Any]: ...
+    async def presign_put(self, key: str, *, size: int, content_type: str, expires_in: int) -> dict[str, Any]: ...
     async def start_multipart(self, key: str, *, content_type: str) -> str: ...
     async def presign_part(self, key: str, upload_id: str, part_number: int, *, size: int, expires_in: int) -> str: ...
     async def list_parts(self, key: str, upload_id: str) -> list[StoredPart]: ...
@@ -72,18 +71,14 @@ MAX_SINGLE_COPY = 5 * 1024**3
 
 
 class S3Storage:
-    supports_post_policy = True
-
-    def __init__(self, settings: S3Settings, *, endpoint_url: str | None = None, embedded: bool = False) -> None:
+    def __init__(
+        self, settings: S3Settings, *, endpoint_url: str | None = None, supports_post_policy: bool = True
+    ) -> None:
         self._settings = settings
         self._endpoint = endpoint_url or settings.endpoint_url
-        # The embedded server accepts any key; fixed ones spare the developer an AWS setup.
-        key_id, secret = ("messenger-embedded", "messenger-embedded") if embedded else (None, None)
-        self._session = aioboto3.Session(
-            aws_access_key_id=settings.access_key_id or key_id,
-            aws_secret_access_key=settings.secret_access_key or secret,
-            region_name=settings.region,
-        )
+        self._access_key_id = settings.access_key_id
+        self._secret_access_key = settings.secret_access_key
+        self.supports_post_policy = supports_post_policy
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
         self._browser_client: Any = None
@@ -92,16 +87,29 @@ class S3Storage:
     def bucket(self) -> str:
         return self._settings.bucket
 
-    def use_endpoint(self, endpoint_url: str) -> None:
-        """Point at an endpoint known only at start (the embedded server's port)."""
+    @property
+    def endpoint(self) -> str | None:
+        return self._endpoint
+
+    def use_endpoint(
+        self, endpoint_url: str, *, access_key_id: str | None = None, secret_access_key: str | None = None
+    ) -> None:
+        """Point at an endpoint known only at start (the embedded server's port and its install's key)."""
         self._endpoint = endpoint_url
+        if access_key_id is not None:
+            self._access_key_id, self._secret_access_key = access_key_id, secret_access_key
 
     async def start(self) -> None:
+        session = aioboto3.Session(
+            aws_access_key_id=self._access_key_id,
+            aws_secret_access_key=self._secret_access_key,
+            region_name=self._settings.region,
+        )
         # Path-style addressing for custom endpoints: a bucket subdomain of 127.0.0.1 does not resolve.
         path_style = {"addressing_style": "path"} if self._endpoint else {}
         internal = Config(signature_version="s3v4", s3=path_style, retries={"max_attempts": 3, "mode": "standard"})
         self._client = await self._stack.enter_async_context(
-            self._session.client("s3", endpoint_url=self._endpoint, config=internal)
+            session.client("s3", endpoint_url=self._endpoint, config=internal)
         )
         public = self._settings.public_endpoint_url or self._endpoint
         browser = Config(
@@ -112,19 +120,24 @@ class S3Storage:
             },
         )
         self._browser_client = await self._stack.enter_async_context(
-            self._session.client("s3", endpoint_url=public, config=browser)
+            session.client("s3", endpoint_url=public, config=browser)
         )
 
     async def close(self) -> None:
         await self._stack.aclose()
 
-    async def ensure_bucket(self, *, cors_origins: Sequence[str] = ("*",)) -> None:
-        """Create the bucket with the CORS rule browsers need (used for the embedded server and tests)."""
+    async def ensure_bucket(self, *, cors_origins: Sequence[str] | None = ("*",)) -> None:
+        """Create the bucket with the CORS rule browsers need (used for the embedded server and tests).
+
+        `cors_origins=None` skips the rule: the embedded server answers CORS itself (and would take
+        `PUT ?cors` for CreateBucket).
+        """
         try:
             await self._client.head_bucket(Bucket=self.bucket)
         except ClientError:
             await self._client.create_bucket(Bucket=self.bucket)
-        await self._client.put_bucket_cors(Bucket=self.bucket, CORSConfiguration=cors_rule(cors_origins))
+        if cors_origins is not None:
+            await self._client.put_bucket_cors(Bucket=self.bucket, CORSConfiguration=cors_rule(cors_origins))
 
     async def presign_post(self, key: str, *, size: int, content_type: str, expires_in: int) -> dict[str, Any]:
         # The policy pins the exact key, the exact byte count and the type: S3 refuses anything else.
@@ -138,12 +151,14 @@ class S3Storage:
         return post
 
     async def presign_put(self, key: str, *, size: int, content_type: str, expires_in: int) -> dict[str, Any]:
-        # Length and type are signed headers: the store refuses a body of any other size or type.
+        # Content-Length and Content-Type are signed into the URL (X-Amz-SignedHeaders), so S3 refuses
+        # one byte more or less and any other type: the POST policy's limits, for servers without POST.
         url: str = await self._browser_client.generate_presigned_url(
             "put_object",
-            Params={"Bucket": self.bucket, "Key": key, "ContentType": content_type, "ContentLength": size},
+            Params={"Bucket": self.bucket, "Key": key, "ContentLength": size, "ContentType": content_type},
             ExpiresIn=expires_in,
         )
+        # Content-Length is not listed: browsers refuse to set it and send the body's length themselves.
         return {"url": url, "headers": {"Content-Type": content_type}}
 
     async def start_multipart(self, key: str, *, content_type: str) -> str:

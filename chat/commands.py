@@ -15,12 +15,17 @@ class OpenConversation(Command):
     order_id: Id | None = None
 
 
-class SendMessage(Command):
-    conversation_id: Id
+class SendMessageBody(Command):
+    """`message:send` without its conversation, which REST takes from the path."""
+
     client_id: ClientId
     # The length limit is configurable, so the use case checks it, with its own error code.
     text: StrictStr = ""
     attachment_ids: Annotated[list[Id], Field(max_length=50)] = Field(default_factory=list)
+
+
+class SendMessage(SendMessageBody):
+    conversation_id: Id
 
 
 class EditMessage(Command):
@@ -38,9 +43,12 @@ class Sync(Command):
     limit: Annotated[StrictInt, Field(ge=1, le=1000)] = 100
 
 
-class MarkRead(Command):
-    conversation_id: Id
+class MarkReadBody(Command):
     seq: Seq
+
+
+class MarkRead(MarkReadBody):
+    conversation_id: Id
 
 
 class Typing(Command):

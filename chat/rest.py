@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from chat.commands import MarkRead, OpenConversation, SendMessage
+from chat.commands import MarkRead, MarkReadBody, OpenConversation, SendMessage, SendMessageBody
 from chat.service import ChatService
+from core.answers import Conversation, ConversationPage, EventPage, Message, MessagePage
 from core.commands import parse
 from core.errors import Code, Forbidden
 from core.events import EventLog
-from core.http import API_PREFIX, identity, json_body, ok, query_int
+from core.http import identity, json_body, ok, query_int
+from core.openapi import Route, RouteTable, bounded
+
+SEQ = bounded(0, 2**53)
 
 
 class ChatRoutes:
@@ -17,15 +21,87 @@ class ChatRoutes:
         self._chat = chat
         self._events = events
 
-    def register(self, app: web.Application) -> None:
-        r = app.router
-        r.add_post(f"{API_PREFIX}/conversations", self.open_conversation)
-        r.add_get(f"{API_PREFIX}/conversations", self.list_conversations)
-        r.add_get(f"{API_PREFIX}/conversations/{{conversation_id}}", self.get_conversation)
-        r.add_get(f"{API_PREFIX}/conversations/{{conversation_id}}/messages", self.history)
-        r.add_post(f"{API_PREFIX}/conversations/{{conversation_id}}/messages", self.send_message)
-        r.add_post(f"{API_PREFIX}/conversations/{{conversation_id}}/read", self.mark_read)
-        r.add_get(f"{API_PREFIX}/events", self.events)
+    def register(self, routes: RouteTable) -> None:
+        add, conversation = routes.add, "/conversations/{conversation_id}"
+        add(
+            Route(
+                "POST",
+                "/conversations",
+                self.open_conversation,
+                "get or create a conversation",
+                body=OpenConversation,
+                answer=Conversation,
+                status=201,
+                errors=("not_a_participant", "same_buyer_and_seller"),
+            )
+        )
+        add(
+            Route(
+                "GET",
+                "/conversations",
+                self.list_conversations,
+                "the caller's conversations, newest activity first",
+                answer=ConversationPage,
+                query={"limit": bounded(1, 100), "cursor": "string"},
+                errors=("invalid_cursor",),
+            )
+        )
+        add(
+            Route(
+                "GET",
+                conversation,
+                self.get_conversation,
+                "one conversation",
+                answer=Conversation,
+                errors=("conversation_not_found",),
+            )
+        )
+        add(
+            Route(
+                "GET",
+                f"{conversation}/messages",
+                self.history,
+                "messages in seq order",
+                answer=MessagePage,
+                query={"after_seq": SEQ, "before_seq": SEQ, "limit": bounded(1, 1000)},
+                errors=("conversation_not_found",),
+            )
+        )
+        add(
+            Route(
+                "POST",
+                f"{conversation}/messages",
+                self.send_message,
+                "send a message (idempotent by client_id)",
+                body=SendMessageBody,
+                answer=Message,
+                status=201,
+                errors=(
+                    "conversation_not_found",
+                    "client_id_reused",
+                    "text_too_long",
+                    "text_empty",
+                    "too_many_attachments",
+                    "attachment_not_found",
+                    "attachment_not_attachable",
+                    "attachment_already_sent",
+                    "rate_limited",
+                ),
+            )
+        )
+        add(
+            Route(
+                "POST",
+                f"{conversation}/read",
+                self.mark_read,
+                "move the caller's read position",
+                body=MarkReadBody,
+                status=204,
+                errors=("conversation_not_found",),
+            )
+        )
+        add(Route("GET", "/events", self.events, "the event log, oldest first", answer=EventPage,
+                  query={"after": SEQ, "limit": bounded(1, 1000), "type": "string"}, moderator=True))  # fmt: skip
 
     async def open_conversation(self, request: web.Request) -> web.Response:
         command = parse(OpenConversation, await json_body(request))

@@ -283,7 +283,10 @@ class ChatService:
         message = await self._messages.get(message_id)
         if message is None:
             raise NotFound("no such message", code=Code.MESSAGE_NOT_FOUND)
-        conversation = await self.conversation_for(caller, message.conversation_id)  # strangers: not found
+        try:
+            conversation = await self.conversation_for(caller, message.conversation_id)
+        except NotFound:  # a stranger learns no more than for an id that does not exist
+            raise NotFound("no such message", code=Code.MESSAGE_NOT_FOUND) from None
         if message.sender_id != caller.user_id:
             raise Forbidden("only the sender can change a message", code=Code.NOT_THE_SENDER)
         if message.kind is not MessageKind.TEXT:

@@ -2,13 +2,15 @@
 
 Each handler's return value is its ack (core/sockets.py turns errors into acks). Every session
 joins `user:{id}`, so a message reaches all of a user's tabs and devices, on any node with Redis.
+It joins only once CONNECT has gone out (`SocketServer.on_connected`), so no push overtakes it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import socketio
 
@@ -26,7 +28,7 @@ from chat.service import ChatService
 from core.commands import parse
 from core.errors import Unauthenticated
 from core.identity import Identity, TokenVerifier
-from core.sockets import Ack, acked
+from core.sockets import Ack, SocketServer, acked
 
 log = logging.getLogger(__name__)
 
@@ -48,27 +50,31 @@ class SocketNotifier:
 
 
 class ChatGateway:
-    def __init__(
-        self, sio: socketio.AsyncServer, chat: ChatService, verifier: TokenVerifier, metrics: ChatMetrics
-    ) -> None:
+    # Every client event and its handler; the fuzz and authorisation suites walk this table too.
+    EVENTS: ClassVar[dict[str, str]] = {
+        "message:send": "send_message",
+        "message:edit": "edit_message",
+        "message:delete": "delete_message",
+        "sync": "sync",
+        "read": "read",
+        "typing": "typing",
+        "presence:query": "presence_query",
+    }
+
+    def __init__(self, sio: SocketServer, chat: ChatService, verifier: TokenVerifier, metrics: ChatMetrics) -> None:
         self._sio = sio
         self._chat = chat
         self._verifier = verifier
         self._metrics = metrics
+        # Sessions this node has opened (joined, counted, announced), each with "opening finished".
+        self._open: dict[str, tuple[Identity, asyncio.Event]] = {}
 
     def register(self) -> None:
         self._sio.on("connect", self.connect)
+        self._sio.on_connected(self.connected)
         self._sio.on("disconnect", self.disconnect)
-        handlers: dict[str, Callable[[Identity, Any], Awaitable[Ack]]] = {
-            "message:send": self.send_message,
-            "message:edit": self.edit_message,
-            "message:delete": self.delete_message,
-            "sync": self.sync,
-            "read": self.read,
-            "typing": self.typing,
-            "presence:query": self.presence_query,
-        }
-        for event, handler in handlers.items():
+        for event, name in self.EVENTS.items():
+            handler: Callable[[Identity, Any], Awaitable[Ack]] = getattr(self, name)
             self._sio.on(event, acked(self._sio, event, handler, self._count_error))
 
     async def connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
@@ -80,15 +86,29 @@ class ChatGateway:
                 exc.message, {"code": exc.code, "message": exc.message}
             ) from None
         await self._sio.save_session(sid, {"identity": caller})
-        await self._sio.enter_room(sid, user_room(caller.user_id))
-        self._metrics.connections.inc()
-        await self._chat.session_opened(caller)
 
-    async def disconnect(self, sid: str, reason: Any = None) -> None:
+    async def connected(self, sid: str) -> None:
+        """The client has been sent CONNECT: join its rooms first (before anything yields), then announce it."""
         session = await self._sio.get_session(sid)
-        caller = session.get("identity") if session else None
+        caller: Identity | None = session.get("identity") if session else None
         if caller is None:
             return
+        await self._sio.enter_room(sid, user_room(caller.user_id))
+        opened = asyncio.Event()
+        self._open[sid] = (caller, opened)
+        self._metrics.connections.inc()
+        try:
+            await self._chat.session_opened(caller)
+        finally:
+            opened.set()
+
+    async def disconnect(self, sid: str, reason: Any = None) -> None:
+        # Only a session this node opened is closed, once: a refused or half-open one never counted.
+        entry = self._open.pop(sid, None)
+        if entry is None:
+            return
+        caller, opened = entry
+        await opened.wait()  # a drop during the announcement closes after it, so presence stays balanced
         self._metrics.connections.dec()
         await self._chat.session_closed(caller)
 

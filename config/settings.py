@@ -130,7 +130,8 @@ class AttachmentSettings(_Section):
     min_part_size: int = Field(default=8 * MiB, ge=5 * MiB)
     max_part_size: int = Field(default=512 * MiB, le=5 * GiB)
     upload_url_ttl_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600)
-    download_url_ttl_seconds: int = Field(default=300, ge=1, le=3600)
+    # A presigned GET is a bearer URL: whoever holds it downloads the file until it expires.
+    download_url_ttl_seconds: int = Field(default=60, ge=1, le=3600)
     # An upload not completed by then is expired: its record rejected, its bytes deleted.
     upload_expiry_seconds: int = Field(default=24 * 3600, ge=60)
     allowed_types: list[str] = Field(default_factory=list)  # empty: any type not denied
@@ -294,6 +295,9 @@ def _refuse_unsafe_production(settings: Settings) -> None:
             " (separate `messenger worker` processes cannot share the embedded SQLite database)"
         )
     if settings.s3.embedded:
-        problems.append("S3_EMBEDDED must not be true (the embedded S3 server keeps files in memory)")
+        problems.append(
+            "S3_EMBEDDED must not be true (the embedded S3 server runs on this one machine:"
+            " set S3_ENDPOINT_URL or use AWS)"
+        )
     if problems:
         raise ConfigError("refusing to start in production (MESSENGER_ENV=production): " + "; ".join(problems))

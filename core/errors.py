@@ -73,6 +73,8 @@ class Code(StrEnum):
     INTERNAL_ERROR = "internal_error"
     NOT_READY = "not_ready"
     TOKEN_ISSUE_UNSUPPORTED = "token_issue_unsupported"
+    UNKNOWN_EVENT = "unknown_event"
+    INVALID_PACKET = "invalid_packet"
     BAD_REQUEST = "bad_request"
     INVALID_INPUT = "invalid_input"
     UNAUTHENTICATED = "unauthenticated"

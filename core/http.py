@@ -6,7 +6,6 @@ a logged 500 `internal_error` carrying a request id, never a stack trace.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -15,6 +14,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from core.commands import loads_client_json
 from core.errors import Code, InvalidInput, MessengerError, PayloadTooLarge, Unauthenticated
 from core.identity import Identity, TokenVerifier
 
@@ -24,6 +24,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 IDENTITY = "messenger.identity"
 REQUEST_ID = "messenger.request_id"
 API_PREFIX = "/api/v1"
+OPENAPI_PATH = API_PREFIX + "/openapi.json"  # public: it describes the API and holds no data
 
 
 def error_response(error: MessengerError, request_id: str | None = None) -> web.Response:
@@ -46,16 +47,28 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         response = await handler(request)
     except MessengerError as exc:
-        return error_response(exc, request_id)
+        response = error_response(exc, request_id)
+        if isinstance(exc, PayloadTooLarge) and request.can_read_body:
+            response.force_close()  # the rest of an oversized body is not worth reading
+        return response
     except web.HTTPRequestEntityTooLarge:
         return error_response(PayloadTooLarge("the request body is too large", code=Code.BODY_TOO_LARGE), request_id)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise  # redirects and the like are answers, not errors
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        # Keep the exception's headers: a 405 must say which methods are allowed (Allow, RFC 9110).
+        headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
         return web.json_response(
-            {"error": {"code": code, "message": exc.reason, "request_id": request_id}}, status=exc.status
+            {"error": {"code": code, "message": exc.reason, "request_id": request_id}},
+            status=exc.status,
+            headers={**headers, "X-Request-Id": request_id},
         )
+    except ConnectionResetError:
+        # The client went away mid-answer (a dropped mobile link, often during a websocket
+        # upgrade): nothing failed here and nobody is left to answer.
+        log.debug("client disconnected before the answer", extra={"request_id": request_id, "path": request.path})
+        return web.Response(status=499, reason="Client Closed Request")
     except Exception:
         log.exception("unhandled error", extra={"request_id": request_id, "path": request.path})
         return web.json_response(
@@ -66,12 +79,31 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     return response
 
 
+def body_limit_middleware(max_bytes: int) -> Middleware:
+    """Refuse a declared Content-Length over the limit before reading a byte of the body.
+
+    aiohttp's client_max_size applies only while the body is read, so a client that declares
+    10 MB and sends slowly (or nothing) would hold the connection until it gives up; chunked
+    bodies, which declare no length, are still cut at the limit while they are read.
+    """
+
+    @web.middleware
+    async def limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.content_length is not None and request.content_length > max_bytes:
+            raise PayloadTooLarge(
+                f"the request body is larger than {max_bytes} bytes", code=Code.BODY_TOO_LARGE, max_size=max_bytes
+            )
+        return await handler(request)
+
+    return limit
+
+
 def auth_middleware(verifier: TokenVerifier) -> Middleware:
-    """Every /api/v1 request must carry a valid bearer token; nothing under it is public."""
+    """Every /api/v1 request must carry a valid bearer token; only the API's own description is public."""
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith(API_PREFIX) and request.method != "OPTIONS":
+        if request.path.startswith(API_PREFIX) and request.method != "OPTIONS" and request.path != OPENAPI_PATH:
             header = request.headers.get("Authorization", "")
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
@@ -119,10 +151,7 @@ def identity(request: web.Request) -> Identity:
 async def json_body(request: web.Request) -> dict[str, Any]:
     if not request.body_exists:
         return {}
-    try:
-        body = await request.json(loads=json.loads)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InvalidInput("the body must be JSON", code=Code.INVALID_JSON) from None
+    body = loads_client_json(await request.read())
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object", code=Code.INVALID_PAYLOAD)
     return body

@@ -2,11 +2,16 @@
 
 A handler's return value is the ack, `{ok: true, ...}` or `{ok: false, error: {code, message}}`;
 anything unexpected is logged with a request id and answered `internal_error`, never a traceback.
+`SocketServer` is python-socketio's server with four things mended at the packet level: a
+session is joined to its rooms only once its CONNECT has gone out, clients cannot emit the
+lifecycle events (nor get silence for unknown ones), a payload that is not usable JSON is an
+error ack, and a packet that breaks the protocol closes its connection instead of a traceback.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import time
 import uuid
@@ -15,8 +20,10 @@ from typing import Any
 
 import socketio
 from aiohttp import web
+from socketio import packet
 
-from core.errors import Code, MessengerError, Unauthenticated
+from core.commands import loads_client_json
+from core.errors import Code, InvalidInput, MessengerError, NotFound, Unauthenticated
 from core.http import Handler
 from core.identity import Identity
 
@@ -24,6 +31,117 @@ log = logging.getLogger(__name__)
 
 Ack = dict[str, Any]
 SocketHandler = Callable[[Identity, Any], Awaitable[Ack]]
+ConnectedHandler = Callable[[str], Awaitable[None]]
+
+# Names the Socket.IO protocol gives to the lifecycle; a client emitting one must not reach the
+# server's own `connect`/`disconnect` handlers (which python-socketio looks up in the same table).
+RESERVED_EVENTS = frozenset(
+    {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
+)
+
+
+class _Undecodable:
+    """Stands in for the data of an EVENT whose JSON could not be read, with the reason."""
+
+    def __init__(self, error: InvalidInput) -> None:
+        self.error = error
+
+
+class _UnreadableJson(ValueError):
+    def __init__(self, error: InvalidInput) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class _ClientJson:
+    """The JSON module python-socketio's packets use: reading goes through the edge's bounded parser."""
+
+    dumps = staticmethod(json.dumps)
+
+    @staticmethod
+    def loads(text: str | bytes) -> Any:
+        try:
+            return loads_client_json(text)
+        except InvalidInput as exc:
+            raise _UnreadableJson(exc) from None
+
+
+class ClientPacket(packet.Packet):  # type: ignore[misc]
+    """A Socket.IO packet whose JSON is read like a REST body: with a nesting bound, never a crash.
+
+    The ack id comes before the JSON in the encoding, so an unreadable event can still be
+    answered; any other unreadable packet is read as carrying no data (a CONNECT without auth).
+    """
+
+    json = _ClientJson
+
+    def decode(self, encoded_packet: Any) -> int:
+        try:
+            return int(super().decode(encoded_packet) or 0)
+        except ValueError as exc:  # framing errors, and _UnreadableJson
+            error = exc.error if isinstance(exc, _UnreadableJson) else InvalidInput(str(exc), code=Code.INVALID_PACKET)
+            is_event = self.packet_type in (packet.EVENT, packet.BINARY_EVENT)
+            self.data = [_Undecodable(error)] if is_event else None
+            return 0
+
+
+class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
+    """python-socketio's AsyncServer, with the ordering and the input checks this service relies on."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(serializer=ClientPacket, **kwargs)
+        self._connected_handlers: list[ConnectedHandler] = []
+
+    def on_connected(self, handler: ConnectedHandler) -> None:
+        """Run handler(sid) once the client has been sent CONNECT (python-socketio's `connect` runs before).
+
+        python-socketio includes a sid in room emits as soon as `enter_room` runs, even inside
+        `connect`, where the client has not been told it is connected yet; its python client
+        then handles such an event before its own `connect` fires, and a client that syncs from
+        its highest seq on connect skips messages. Rooms are therefore entered here: after CONNECT
+        has been queued and before any event of this client can be handled (nothing in between
+        yields to the event loop), so a push either follows CONNECT or precedes the client's sync.
+        """
+        self._connected_handlers.append(handler)
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except PROTOCOL_ERRORS as exc:
+            # python-socketio raises on packets that break the protocol (an unknown type, a
+            # CONNECT_ERROR from a client, attachments for nothing): the client's fault, answered
+            # by closing its connection, as the JavaScript server does; one line, no traceback.
+            log.warning("unreadable Socket.IO packet; connection closed", extra={"problem": repr(exc)[:200]})
+            await self.eio.disconnect(eio_sid)
+
+    async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
+        await super()._handle_connect(eio_sid, namespace, data)
+        namespace = namespace or "/"
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        if sid is None or not self.manager.is_connected(sid, namespace):
+            return  # refused
+        for handler in self._connected_handlers:
+            try:
+                await handler(sid)
+            except Exception:
+                log.exception("a connected handler failed", extra={"sid": sid})
+
+    async def _handle_event(self, eio_sid: str, namespace: str | None, id: int | None, data: Any) -> None:
+        namespace = namespace or "/"
+        event = data[0] if isinstance(data, list) and data else None
+        error: MessengerError | None = None
+        if isinstance(event, _Undecodable):
+            error = event.error
+        elif not isinstance(event, str) or event in RESERVED_EVENTS or event not in self.handlers.get(namespace, {}):
+            # Lifecycle names are the server's own; unknown names would otherwise get no ack at all.
+            error = NotFound("no such event", code=Code.UNKNOWN_EVENT)
+        if error is None:
+            await super()._handle_event(eio_sid, namespace, id, data)
+            return
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        if id is not None and sid is not None and self.manager.is_connected(sid, namespace):
+            ack = self.packet_class(packet.ACK, namespace=namespace, id=id, data=[{"ok": False, **error.to_json()}])
+            await self._send_packet(eio_sid, ack)
 
 
 def acked(
@@ -53,6 +171,27 @@ def acked(
             }
 
     return handle
+
+
+PROTOCOL_ERRORS = (ValueError, TypeError, KeyError, IndexError)
+
+
+@web.middleware
+async def engineio_protocol_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A client breaking the Engine.IO protocol (a frame that is not a packet) is answered by closing it.
+
+    python-engineio decodes websocket frames without a guard, so such a frame ends its handler
+    with a ValueError, which would otherwise be logged as an unhandled error with a traceback.
+    """
+    if not request.path.startswith("/socket.io"):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except PROTOCOL_ERRORS as exc:
+        log.warning("unreadable Engine.IO packet; connection closed", extra={"problem": repr(exc)[:200]})
+        if request.transport is not None:
+            request.transport.close()
+        return web.Response(status=400, text="unreadable Engine.IO packet")
 
 
 @web.middleware

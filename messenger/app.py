@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,16 +21,18 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from attachments.deliveries.model import DeliveryChanged
+from attachments.deliveries.rest import DeliveryRoutes
 from attachments.deliveries.service import DeliveryService
 from attachments.deliveries.store import DeliveryStore
 from attachments.embedded_s3 import EmbeddedS3
 from attachments.files.model import AttachmentChanged, AttachmentStatus
+from attachments.files.rest import AttachmentRoutes
 from attachments.files.service import AttachmentService
 from attachments.files.store import AttachmentStore
+from attachments.moderation.rest import ModerationRoutes
 from attachments.moderation.service import ModerationQueue, ModerationService
 from attachments.moderation.store import ModerationStore
-from attachments.rest import AttachmentRoutes, DeliveryRoutes, ModerationRoutes
-from attachments.storage import S3Storage
+from attachments.storage import ObjectStorage, S3Storage
 from chat.locks import LocalLocks, RedisLocks
 from chat.metrics import ChatMetrics
 from chat.ports import NoAttachments
@@ -40,14 +42,18 @@ from chat.service import ChatService
 from chat.sockets import ChatGateway, SocketNotifier
 from chat.store import ConversationStore, MessageStore
 from config.settings import Settings
+from core.answers import Health, Readiness
+from core.clock import Clock, SystemClock
 from core.dispatch import AfterCommit
 from core.events import EventLog
-from core.http import auth_middleware, cors_middleware, errors_middleware
+from core.http import auth_middleware, body_limit_middleware, cors_middleware, errors_middleware
 from core.identity import TokenVerifier
 from core.mongo import Outbox
 from core.notify import Notifier
-from core.sockets import without_websocket_compression
+from core.openapi import Route, RouteTable
+from core.sockets import SocketServer, engineio_protocol_errors, without_websocket_compression
 from messenger import __version__
+from messenger.data_dir import data_dir_claimed
 from messenger.database import Database, Stores, open_stores
 from messenger.web import WebClient
 from scanner import ClamdClient, ClamdUnavailable, EmbeddedClamd, ScanResult, Verdict
@@ -76,6 +82,16 @@ class UnavailableScanner:
         return ScanResult(Verdict.ERROR, reason=self.reason)
 
 
+@dataclass(frozen=True)
+class Ports:
+    """Adapters to the outside handed in instead of the configured ones (the unit tier's fakes)."""
+
+    storage: ObjectStorage | None = None
+    scanner: Scanner | None = None
+    previews: PreviewRenderer | None = None
+    clock: Clock | None = None
+
+
 @dataclass
 class Container:
     settings: Settings
@@ -90,8 +106,8 @@ class Container:
     conversations: ConversationStore
     messages: MessageStore
     chat: ChatService
-    sio: socketio.AsyncServer
-    storage: S3Storage
+    sio: SocketServer
+    storage: ObjectStorage
     attachment_store: AttachmentStore
     attachments: AttachmentService
     deliveries: DeliveryService
@@ -106,6 +122,7 @@ class Container:
     embedded_clamd: EmbeddedClamd | None = None
     scanner: Scanner = field(default_factory=lambda: UnavailableScanner("clamd has not been started"))
     redis: Any = None
+    clock: Clock = field(default_factory=SystemClock)
     scans_here: bool = True
     background: list[asyncio.Task[Any]] = field(default_factory=list)
 
@@ -120,12 +137,16 @@ class Container:
             self.attachments,
             metrics=self.pipeline_metrics,
             worker_id=worker_id,
+            clock=self.clock,
         )
 
     def describe(self) -> list[str]:
         s = self.settings
         if self.embedded_s3 is not None:
-            files = f"embedded S3 API server (moto, in memory) at {self.embedded_s3.endpoint_url}, bucket {s.s3.bucket}"
+            files = (
+                f"embedded S3 API server (nanio, pid {self.embedded_s3.pid}) at {self.embedded_s3.endpoint_url},"
+                f" bucket {s.s3.bucket}, files in {self.embedded_s3.objects_dir}"
+            )
         else:
             where = s.s3.endpoint_url or f"AWS S3 ({s.s3.region})"
             files = f"S3 at {where}, bucket {s.s3.bucket}" + (
@@ -164,11 +185,20 @@ class Container:
 
 
 def build_container(
-    settings: Settings, *, notifier: Notifier | None = None, write_only: bool = False, stores: Stores | None = None
+    settings: Settings,
+    *,
+    notifier: Notifier | None = None,
+    write_only: bool = False,
+    ports: Ports | None = None,
+    stores: Stores | None = None,
 ) -> Container:
     """Wire every part. `write_only` is for workers: they emit to sockets (through Redis) but serve none.
 
-    `stores` replaces the adapters settings choose (tests wire MongoDB's onto mongomock this way)."""
+    `ports` replaces adapters to the outside (tests hand in fakes), `stores` the store adapters the
+    settings choose (tests wire MongoDB's onto mongomock this way); everything else is wired as always.
+    """
+    ports = ports or Ports()
+    clock = ports.clock or SystemClock()
     stores = stores or open_stores(settings)
     database = stores.database
     registry = CollectorRegistry()
@@ -186,7 +216,7 @@ def build_container(
             settings.redis.url, channel="messenger-socketio", write_only=write_only
         )
         presence = RedisPresence(redis_client)
-    sio = socketio.AsyncServer(
+    sio = SocketServer(
         async_mode="aiohttp",
         client_manager=client_manager,
         cors_allowed_origins=settings.runtime.cors_origins or None,
@@ -200,27 +230,37 @@ def build_container(
     messages: MessageStore = stores.messages
     # Sends hold their conversation's lock across nodes, so pushes leave in seq order everywhere.
     locks = RedisLocks(redis_client) if redis_client is not None else LocalLocks()
-    chat = ChatService(settings.chat, conversations, messages, notifier, presence, NoAttachments(), metrics, locks)
-
-    embedded_s3 = EmbeddedS3(settings.s3.embedded_port) if settings.embedded_s3 else None
-    storage = S3Storage(
-        settings.s3, endpoint_url=embedded_s3.endpoint_url if embedded_s3 else None, embedded=embedded_s3 is not None
+    chat = ChatService(
+        settings.chat, conversations, messages, notifier, presence, NoAttachments(), metrics, locks, clock
     )
+
+    embedded_s3 = None
+    if settings.embedded_s3 and ports.storage is None:
+        embedded_s3 = EmbeddedS3(
+            Path(settings.runtime.data_dir).absolute() / "s3",
+            port=settings.s3.embedded_port,
+            cors_origins=settings.runtime.cors_origins,
+            region=settings.s3.region,
+        )
+    # The embedded server has no POST policy: single-part uploads are PUTs with size and type signed.
+    storage: ObjectStorage = ports.storage or S3Storage(settings.s3, supports_post_policy=embedded_s3 is None)
     attachment_store: AttachmentStore = stores.attachments
-    attachments = AttachmentService(settings.attachments, attachment_store, storage, chat, reactions, notifier)
+    attachments = AttachmentService(settings.attachments, attachment_store, storage, chat, reactions, notifier, clock)
     chat.use_attachments(attachments)
     delivery_store: DeliveryStore = stores.deliveries
-    deliveries = DeliveryService(delivery_store, chat, attachments, reactions, notifier)
+    deliveries = DeliveryService(delivery_store, chat, attachments, reactions, notifier, clock)
     moderation_store: ModerationStore = stores.moderation
     moderation_queue = ModerationQueue(moderation_store, events)
-    moderation = ModerationService(moderation_store, moderation_queue, chat, attachments)
+    moderation = ModerationService(moderation_store, moderation_queue, chat, attachments, clock)
     # The in-process reactions to committed changes, registered once (core/dispatch.py). The
     # pipeline's wake-up is added where an in-process pipeline starts (loops_started).
     reactions.on(AttachmentChanged, attachments.announce)
     reactions.on(AttachmentChanged, deliveries.attachment_changed)
     reactions.on(DeliveryChanged, deliveries.announce)
     previews: PreviewRenderer
-    if settings.preview.cloudinary_url:
+    if ports.previews is not None:
+        previews = ports.previews
+    elif settings.preview.cloudinary_url:
         from workers.cloudinary_previews import CloudinaryPreviewRenderer
 
         previews = CloudinaryPreviewRenderer(
@@ -236,7 +276,7 @@ def build_container(
             storage, max_source_bytes=settings.preview.max_source_bytes, thumbnail_px=settings.preview.thumbnail_px
         )
     embedded_clamd = None
-    if not settings.scanner.address:
+    if not settings.scanner.address and ports.scanner is None:
         embedded_clamd = EmbeddedClamd(
             Path(settings.runtime.data_dir).absolute() / "clamd", stream_max_length=settings.scanner.stream_max_length
         )
@@ -267,7 +307,10 @@ def build_container(
         embedded_s3=embedded_s3,
         embedded_clamd=embedded_clamd,
         redis=redis_client,
+        clock=clock,
     )
+    if ports.scanner is not None:
+        container.scanner = ports.scanner
     ChatGateway(sio, chat, container.verifier, metrics).register()
     return container
 
@@ -289,19 +332,46 @@ async def database_started(container: Container) -> AsyncIterator[None]:
         await container.database.close()
 
 
+def uses_data_dir(container: Container) -> bool:
+    """Whether anything of the embedded default keeps files (or, soon, its database) in the data dir."""
+    s = container.settings
+    return container.embedded_s3 is not None or container.embedded_clamd is not None or not s.mongo.uri
+
+
+@contextlib.contextmanager
+def data_dir_started(container: Container) -> Iterator[None]:
+    """Claim MESSENGER_DATA_DIR first, so nothing else starts on a directory another service uses."""
+    if not uses_data_dir(container):
+        yield
+        return
+    with data_dir_claimed(Path(container.settings.runtime.data_dir)):
+        yield
+
+
 @contextlib.asynccontextmanager
 async def storage_started(container: Container) -> AsyncIterator[None]:
-    if container.embedded_s3 is not None:
-        await asyncio.to_thread(container.embedded_s3.start)
+    if not isinstance(container.storage, S3Storage):  # a fake handed in by a test: nothing to start
+        yield
+        return
+    embedded = container.embedded_s3
     try:
+        if embedded is not None:
+            # Started from the event loop's thread, which lives as long as the service: the server's
+            # parent-death signal is tied to the thread that spawned it.
+            endpoint = await embedded.start()
+            container.storage.use_endpoint(
+                endpoint,
+                access_key_id=embedded.credentials.access_key_id,
+                secret_access_key=embedded.credentials.secret_access_key,
+            )
         await container.storage.start()
-        if container.embedded_s3 is not None:
-            await container.storage.ensure_bucket(cors_origins=container.settings.runtime.cors_origins or ["*"])
+        if embedded is not None:
+            await container.storage.ensure_bucket(cors_origins=None)  # the server answers CORS itself
         yield
     finally:
         await container.storage.close()
-        if container.embedded_s3 is not None:
-            await asyncio.to_thread(container.embedded_s3.stop)
+        if embedded is not None:
+            await embedded.stop()
 
 
 @contextlib.asynccontextmanager
@@ -403,7 +473,7 @@ async def housekeeping_forever(container: Container) -> None:
 def settle_garbage_collector() -> None:
     """Keep the objects that live as long as the process out of every later full collection.
 
-    Everything imported and built at start (botocore's models, moto, pydantic's validators: most
+    Everything imported and built at start (botocore's models, pydantic's validators: most
     of the 140 MB a node starts with) would otherwise be rescanned by every full collection, and
     those pauses were the p99 of message delivery (bench/chat). Frozen objects are still freed by
     reference counting; only cycles among them would never be collected, and these live until exit.
@@ -420,15 +490,25 @@ def log_what_runs(container: Container, role: str) -> None:
 # --- the HTTP service ---------------------------------------------------------------------------
 
 CONTAINER = web.AppKey("container", Container)
+ROUTES = web.AppKey("routes", RouteTable)  # what the REST API serves, for its description and the suites
 
 
 def create_app(
-    settings: Settings, *, notifier: Notifier | None = None, run_pipeline: bool | None = None
+    settings: Settings,
+    *,
+    notifier: Notifier | None = None,
+    run_pipeline: bool | None = None,
+    page_origins: Sequence[str] = (),
 ) -> web.Application:
+    """`page_origins`: where the web page is served from (`messenger serve` passes its own), for S3 CORS."""
     container = build_container(settings, notifier=notifier)
+    if container.embedded_s3 is not None:
+        container.embedded_s3.allow_origins(page_origins)
     middlewares = [
         cors_middleware(settings.runtime.cors_origins),
         errors_middleware,
+        engineio_protocol_errors,
+        body_limit_middleware(MAX_REST_BODY),
         auth_middleware(container.verifier),
     ]
     if not settings.runtime.websocket_compression:
@@ -436,18 +516,23 @@ def create_app(
     app = web.Application(middlewares=middlewares, client_max_size=MAX_REST_BODY)
     app[CONTAINER] = container
     container.sio.attach(app)
-    ChatRoutes(container.chat, container.events).register(app)
-    AttachmentRoutes(container.attachments).register(app)
-    DeliveryRoutes(container.deliveries).register(app)
-    ModerationRoutes(container.moderation).register(app)
+    routes = RouteTable()
+    ChatRoutes(container.chat, container.events).register(routes)
+    AttachmentRoutes(container.attachments).register(routes)
+    DeliveryRoutes(container.deliveries).register(routes)
+    ModerationRoutes(container.moderation).register(routes)
+    routes.add(Route("GET", "/healthz", healthz, "the process is alive", answer=Health, public=True))
+    routes.add(Route("GET", "/readyz", readyz, "MongoDB, S3 and clamd reachable", answer=Readiness, public=True,
+                     errors=("not_ready",)))  # fmt: skip
+    routes.add(Route("GET", "/metrics", metrics, "Prometheus metrics", public=True, content_type="text/plain"))
+    routes.mount(app, title="messenger", version=__version__)
+    app[ROUTES] = routes
     WebClient.for_settings(settings, container.embedded_s3).register(app)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
     pipeline = settings.worker.embedded if run_pipeline is None else run_pipeline
 
     async def started(app: web.Application) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
+            stack.enter_context(data_dir_started(container))
             await stack.enter_async_context(database_started(container))
             await stack.enter_async_context(storage_started(container))
             # A node whose scanning runs in `messenger worker`s needs no clamd of its own.
@@ -467,6 +552,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     """`messenger worker`: the pipeline (and the outbox relay) without the HTTP service."""
     container = build_container(settings, write_only=True)
     async with contextlib.AsyncExitStack() as stack:
+        stack.enter_context(data_dir_started(container))
         await stack.enter_async_context(database_started(container))
         await stack.enter_async_context(storage_started(container))
         await stack.enter_async_context(scanner_started(container))

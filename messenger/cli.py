@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from aiohttp import web
 
@@ -76,9 +77,23 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return run_worker_until_signalled(settings)
     from messenger.app import create_app
+    from messenger.data_dir import DataDirInUse
+    from messenger.web import page_origins
 
-    log.info("messenger %s serving http://%s:%d (env %s)", __version__, args.host, args.port, settings.runtime.env)
-    web.run_app(create_app(settings), host=args.host, port=args.port, print=None, access_log=None, handle_signals=True)
+    log.info(
+        "messenger %s serving http://%s:%d (env %s, data dir %s)",
+        __version__,
+        args.host,
+        args.port,
+        settings.runtime.env,
+        Path(settings.runtime.data_dir).absolute(),
+    )
+    app = create_app(settings, page_origins=page_origins(args.host, args.port))
+    try:
+        web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handle_signals=True)
+    except DataDirInUse as exc:
+        log.error("%s", exc)  # the log goes to stderr
+        return 1
     return 0
 
 
@@ -116,8 +131,14 @@ def run_worker_until_signalled(settings: Settings) -> int:
             loop.add_signal_handler(signum, stop.set)
         await run_worker(settings, stop)
 
+    from messenger.data_dir import DataDirInUse
+
     log.info("messenger %s worker starting", __version__)
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except DataDirInUse as exc:
+        print(f"messenger: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,15 +1,18 @@
-"""The browser chat page: `GET /` and `GET /static/{name}`, served with a strict Content-Security-Policy.
+"""The web app: `GET /` (chat), `/moderation` (console), `/embed` (iframe mode) and `/static/{name}`.
 
-The page is plain HTML, CSS and JavaScript with no build step. It is a client like any other: it
-uses the public REST and Socket.IO API with a pasted token, and uploads files straight to S3, so
-the S3 origins browsers talk to must be allowed by the policy (see docs/web-client.md).
+The pages are plain HTML, CSS and JavaScript with no build step, served with a strict
+Content-Security-Policy. They are clients like any other: the public REST and Socket.IO API with a
+token, files straight to S3, so the S3 origins browsers talk to must be allowed by the policy
+(see docs/web-client.md).
 """
 
 from __future__ import annotations
 
+import html
 import logging
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -24,13 +27,30 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-# The official socket.io client is third-party code, so it is never copied into this repository:
-# it is read from an installed copy at run time, and without one the page falls back to REST polling.
+# The official socket.io client is third-party code from the npm registry, so it is never copied
+# into this repository: `make run` installs it with `npm ci --prefix web` and it is read from there
+# at run time; without it the page falls back to REST polling.
 SOCKETIO_CLIENT = "socket.io.min.js"
 SOCKETIO_CLIENT_ENV = "MESSENGER_SOCKETIO_JS"
-REPO_SOCKETIO_CLIENT = (
-    Path(__file__).resolve().parents[1] / "tests/e2e/js/node_modules/socket.io-client/dist" / SOCKETIO_CLIENT
-)
+WEB_SOCKETIO_CLIENT = Path("web/node_modules/socket.io-client/dist") / SOCKETIO_CLIENT
+REPO = Path(__file__).resolve().parents[1]
+
+
+def checkout_socketio_clients() -> list[Path]:
+    """Where a checkout keeps it: `make run` installs the package into site-packages and serves from
+    the checkout, so the working directory is looked at as well as the source tree."""
+    return [
+        Path.cwd() / WEB_SOCKETIO_CLIENT,
+        REPO / WEB_SOCKETIO_CLIENT,
+        # the copy `make test-deps` installs for the JavaScript client tests
+        REPO / "tests/e2e/js/node_modules/socket.io-client/dist" / SOCKETIO_CLIENT,
+    ]
+
+
+# Host pages allowed to frame /embed (space or comma separated origins); unset: nobody may.
+EMBED_ORIGINS_ENV = "MESSENGER_EMBED_ORIGINS"
+ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
+EMBED_ORIGINS_META = '<meta name="messenger-embed-origins" content="">'
 CLOUDINARY_IMAGE_ORIGIN = "https://res.cloudinary.com"
 
 CONTENT_TYPES = {
@@ -55,16 +75,23 @@ class WebClient:
         self,
         static_dir: Path = STATIC_DIR,
         *,
-        s3_origins: Sequence[str],
+        s3_origins: Sequence[str] | Callable[[], Sequence[str]],
         image_origins: Sequence[str] = (),
         socketio_client: Path | None = None,
+        embed_origins: Sequence[str] | None = None,
     ) -> None:
         self._static_dir = static_dir.resolve()
         self._socketio_client = socketio_client if socketio_client is not None else find_socketio_client()
-        self._csp = content_security_policy(s3_origins, image_origins)
+        # A callable for origins known only once the service has started (the embedded S3 server's port).
+        self._s3_origins = s3_origins
+        self._image_origins = image_origins
+        self._csp: str | None = None
+        self._embed_origins = list(embed_origins) if embed_origins is not None else configured_embed_origins()
+        self._embed_csp: str | None = None
         if self._socketio_client is None:
-            log.info(
-                "socket.io client not found: the web page will poll over REST",
+            log.warning(
+                "socket.io client not found: the web page will poll over REST; for live updates run "
+                "`make run` or `npm ci --prefix web` in a checkout, or set MESSENGER_SOCKETIO_JS",
                 extra={"set": SOCKETIO_CLIENT_ENV},
             )
 
@@ -72,20 +99,49 @@ class WebClient:
     def for_settings(cls, settings: Settings, embedded_s3: EmbeddedS3 | None = None) -> WebClient:
         """The page as the composition root serves it: the browser-facing S3 and preview origins allowed."""
         return cls(
-            s3_origins=browser_s3_origins(settings.s3, embedded_s3),
+            s3_origins=lambda: browser_s3_origins(settings.s3, embedded_s3),
             image_origins=preview_image_origins(settings.preview),
         )
 
     @property
     def csp(self) -> str:
+        if self._csp is None:
+            origins = self._s3_origins() if callable(self._s3_origins) else self._s3_origins
+            self._csp = content_security_policy(origins, self._image_origins)
         return self._csp
+
+    @property
+    def embed_csp(self) -> str:
+        if self._embed_csp is None:
+            origins = self._s3_origins() if callable(self._s3_origins) else self._s3_origins
+            self._embed_csp = content_security_policy(origins, self._image_origins, frame_ancestors=self._embed_origins)
+        return self._embed_csp
 
     def register(self, app: web.Application) -> None:
         app.router.add_get("/", self.page)
+        app.router.add_get("/moderation", self.moderation)
+        app.router.add_get("/embed", self.embed)
         app.router.add_get("/static/{name}", self.static)
 
     async def page(self, request: web.Request) -> web.StreamResponse:
         return self._file(self._static_dir / "index.html", page=True)
+
+    async def moderation(self, request: web.Request) -> web.StreamResponse:
+        return self._file(self._static_dir / "moderation.html", page=True)
+
+    async def embed(self, request: web.Request) -> web.StreamResponse:
+        """The chat page for an iframe: only the configured host pages may frame it, and it is told
+        which of them may hand it a token by postMessage (never in the URL)."""
+        page = (self._static_dir / "index.html").read_text(encoding="utf-8")
+        origins = html.escape(" ".join(self._embed_origins), quote=True)
+        page = page.replace(EMBED_ORIGINS_META, f'<meta name="messenger-embed-origins" content="{origins}">')
+        headers = {
+            **COMMON_HEADERS,
+            "Content-Type": CONTENT_TYPES[".html"],
+            # No X-Frame-Options here: it cannot name origins, and frame-ancestors decides.
+            "Content-Security-Policy": self.embed_csp,
+        }
+        return web.Response(text=page, headers=headers)
 
     async def static(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
@@ -103,14 +159,17 @@ class WebClient:
     def _file(self, path: Path, *, page: bool = False) -> web.FileResponse:
         headers = {**COMMON_HEADERS, "Content-Type": CONTENT_TYPES.get(path.suffix, "application/octet-stream")}
         if page:
-            headers["Content-Security-Policy"] = self._csp
+            headers["Content-Security-Policy"] = self.csp
             headers["X-Frame-Options"] = "DENY"  # for browsers that predate frame-ancestors
         return web.FileResponse(path, headers=headers)
 
 
-def content_security_policy(s3_origins: Sequence[str], image_origins: Sequence[str] = ()) -> str:
+def content_security_policy(
+    s3_origins: Sequence[str], image_origins: Sequence[str] = (), *, frame_ancestors: Sequence[str] = ()
+) -> str:
     s3 = " ".join(dict.fromkeys(s3_origins))
     images = " ".join(dict.fromkeys([*s3_origins, *image_origins]))
+    ancestors = " ".join(dict.fromkeys(frame_ancestors)) or "'none'"
     directives = [
         "default-src 'self'",
         "script-src 'self'",  # no inline script, no eval: injected markup cannot run
@@ -122,13 +181,13 @@ def content_security_policy(s3_origins: Sequence[str], image_origins: Sequence[s
         "object-src 'none'",
         "base-uri 'none'",
         "form-action 'self'",
-        "frame-ancestors 'none'",
+        f"frame-ancestors {ancestors}",
     ]
     return "; ".join(directives)
 
 
 def find_socketio_client() -> Path | None:
-    """The installed `socket.io-client` build: MESSENGER_SOCKETIO_JS, else the e2e tests' node_modules.
+    """The installed `socket.io-client` build: MESSENGER_SOCKETIO_JS, else `web/node_modules` of a checkout.
 
     When the variable is set it decides alone, so `MESSENGER_SOCKETIO_JS=none` turns live updates off.
     """
@@ -139,7 +198,17 @@ def find_socketio_client() -> Path | None:
         if configured.lower() != "none":
             log.warning("MESSENGER_SOCKETIO_JS does not name a file", extra={"path": configured})
         return None
-    return REPO_SOCKETIO_CLIENT if REPO_SOCKETIO_CLIENT.is_file() else None
+    return next((path for path in checkout_socketio_clients() if path.is_file()), None)
+
+
+def configured_embed_origins() -> list[str]:
+    """MESSENGER_EMBED_ORIGINS as a list of origins; anything that is not an origin stops the start."""
+    raw = os.environ.get(EMBED_ORIGINS_ENV, "")
+    origins = [o.rstrip("/") for o in re.split(r"[\s,]+", raw) if o]
+    bad = [o for o in origins if not ORIGIN.match(o)]
+    if bad:
+        raise ValueError(f"{EMBED_ORIGINS_ENV}: not an origin (scheme://host[:port]): {', '.join(bad)}")
+    return origins
 
 
 def browser_s3_origins(s3: S3Settings, embedded_s3: EmbeddedS3 | None = None) -> list[str]:
@@ -161,6 +230,14 @@ def browser_s3_origins(s3: S3Settings, embedded_s3: EmbeddedS3 | None = None) ->
 def preview_image_origins(preview: PreviewSettings) -> list[str]:
     """Cloudinary serves its thumbnails from its own CDN; local previews come from S3 (already allowed)."""
     return [CLOUDINARY_IMAGE_ORIGIN] if preview.cloudinary_url else []
+
+
+def page_origins(host: str, port: int) -> list[str]:
+    """The origins a browser may show this service's page under, when it serves on host:port."""
+    if host in ("0.0.0.0", "::", "", "127.0.0.1", "localhost", "::1"):
+        # The embedded S3 listens on loopback only, so only a browser on this machine can reach it.
+        return [f"http://127.0.0.1:{port}", f"http://localhost:{port}", f"http://[::1]:{port}"]
+    return [f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"]
 
 
 def origin_of(url: str) -> str:

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
 import signal
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -32,6 +35,7 @@ _MAX_FILE_SIZE_CAP = 2_147_483_645
 _DEFAULT_MAX_SCAN_SIZE = 400 * 1024 * 1024
 _STOP_GRACE = 5.0
 _POLL_INTERVAL = 0.05
+_PR_SET_PDEATHSIG = 1
 
 
 class ClamdUnavailable(Exception):
@@ -96,6 +100,10 @@ class EmbeddedClamd:
         binary = find_clamd_binary()
         if binary is None:
             raise ClamdUnavailable(f"clamd not found: {_INSTALL_HINT}")
+        # A clamd orphaned by an earlier start (its service killed before clamd died with it) still
+        # holds clamd.log and the socket; a new one would start without scanning ("Failed to lock
+        # the log file"). The caller holds the data dir, so such a clamd belongs to nobody.
+        stop_stale_clamd(self._workdir.resolve())
         config = self._prepare()
         stderr_log = self._workdir / "clamd.stderr.log"
         self._stderr = stderr_log.open("ab")
@@ -107,6 +115,9 @@ class EmbeddedClamd:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=self._stderr,
                 stderr=self._stderr,
+                # Dies with us, even on kill -9; spawned on the event loop's thread, whose exit is
+                # what Linux takes as the parent's death.
+                preexec_fn=_die_with_parent(),
             )
         except OSError as exc:
             await self.stop()
@@ -225,6 +236,49 @@ class EmbeddedClamd:
         if self._socket_tmpdir is None:
             self._socket_tmpdir = Path(tempfile.mkdtemp(prefix="clamd-", dir="/tmp"))
         return self._socket_tmpdir / "clamd.sock"
+
+
+def stop_stale_clamd(workdir: Path) -> int | None:
+    """Kill the clamd named by `workdir/clamd.pid` if it still runs on this workdir's config; its pid or None."""
+    try:
+        pid = int((workdir / "clamd.pid").read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except (OSError, ValueError):
+        return None
+    if f"--config-file={workdir / 'clamd.conf'}" not in cmdline:
+        return None  # gone, or the pid now belongs to something else
+    logger.warning("stopping clamd pid %d left running by an earlier start on %s", pid, workdir)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + _STOP_GRACE
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1]
+        except (OSError, IndexError):
+            break
+        if state == "Z":  # dead; its new parent (init) reaps it
+            break
+        time.sleep(_POLL_INTERVAL)
+    return pid
+
+
+def _die_with_parent() -> Callable[[], None]:
+    """A preexec_fn arming PR_SET_PDEATHSIG (SIGKILL); exits if the parent is already gone.
+
+    attachments/embedded_s3.py has the same few lines: scanner imports nothing of ours.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before fork: nothing may be loaded after it
+    prctl = getattr(libc, "prctl", None)  # looked up before fork too; None off Linux (stale-pid cleanup only)
+    parent = os.getpid()
+
+    def in_child() -> None:
+        if prctl is None:
+            return
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return in_child
 
 
 def _tail(path: Path, lines: int = 5) -> str:

@@ -60,12 +60,17 @@ class Person:
         await self.sio.disconnect()
 
 
-def rest(service: RunningService, user_id: str, method: str, path: str, body: Any = None) -> Any:
+def rest(
+    service: RunningService, user_id: str, method: str, path: str, body: Any = None, *, moderator: bool = False
+) -> Any:
     request = urllib.request.Request(
         service.url + "/api/v1" + path,
         method=method,
         data=json.dumps(body).encode() if body is not None else None,
-        headers={"Authorization": f"Bearer {service.token(user_id)}", "Content-Type": "application/json"},
+        headers={
+            "Authorization": f"Bearer {service.token(user_id, moderator=moderator)}",
+            "Content-Type": "application/json",
+        },
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         raw = response.read()

@@ -48,12 +48,19 @@ async def upload(
         "/attachments",
         {"conversation_id": conversation_id, "filename": filename, "size": len(content), "content_type": content_type},
     )
-    form = aiohttp.FormData()
-    for name, value in grant["upload"]["fields"].items():
-        form.add_field(name, value)
-    form.add_field("file", content, filename=filename, content_type=content_type)
-    async with aiohttp.ClientSession() as browser, browser.post(grant["upload"]["url"], data=form) as response:
-        assert response.status in (200, 204), await response.text()
+    if grant["upload"]["method"] == "PUT":  # the embedded S3 (no POST policy): length and type signed
+        async with (
+            aiohttp.ClientSession() as browser,
+            browser.put(grant["upload"]["url"], data=content, headers=grant["upload"]["headers"]) as response,
+        ):
+            assert response.status == 200, await response.text()
+    else:  # an S3 with POST policies (moto_server in test_worker_processes.py)
+        form = aiohttp.FormData()
+        for name, value in grant["upload"]["fields"].items():
+            form.add_field(name, value)
+        form.add_field("file", content, filename=filename, content_type=content_type)
+        async with aiohttp.ClientSession() as browser, browser.post(grant["upload"]["url"], data=form) as response:
+            assert response.status in (200, 204), await response.text()
     done = rest(service, user, "POST", f"/attachments/{grant['attachment']['id']}/complete", {})
     assert done["status"] == "uploaded", done
     return str(grant["attachment"]["id"])
@@ -200,3 +207,35 @@ async def test_with_kafka_configured_the_order_service_consumes_order_delivered_
         assert {"id", "type", "version", "occurred_at", "key", "data"} <= set(delivered)
     finally:
         broker.stop()
+
+
+async def test_a_moderator_rejecting_a_pending_deliverys_message_blocks_it(start: Any) -> None:
+    # Regression: the files became `rejected` but the delivery stayed `pending` for ever, and the
+    # order service heard neither `order.delivered` nor `order.delivery_blocked`.
+    service = start(env={"CLAMD_STREAM_MAX_LENGTH": "1024"})  # so the file is unscannable: it waits for review
+    cid = open_conversation(service, "buyer-3", "seller-3", "order-300")
+    file_id = await upload(service, "seller-3", cid, png(4), "large.png", "image/png")
+    await eventually(
+        lambda: rest(service, "seller-3", "GET", f"/attachments/{file_id}")["status"] == "needs_review", timeout=20
+    )
+    delivery = rest(
+        service,
+        "seller-3",
+        "POST",
+        "/orders/order-300/deliveries",
+        {"conversation_id": cid, "text": "pay me outside, here is my number", "attachment_ids": [file_id]},
+    )
+    assert delivery["status"] == "pending"
+    rest(
+        service,
+        "mod-1",
+        "POST",
+        f"/moderation/messages/{delivery['message_id']}/decision",
+        {"action": "reject", "note": "asks for payment off the platform"},
+        moderator=True,
+    )
+    orders = OrderService(service)
+    await wait_for_order_event(orders, "order-300", "order.delivery_blocked")
+    assert orders.of("order-300", "order.delivered") == []
+    assert rest(service, "buyer-3", "GET", f"/deliveries/{delivery['id']}")["status"] == "blocked"
+    assert rest(service, "buyer-3", "GET", f"/attachments/{file_id}")["status"] == "rejected"

@@ -5,8 +5,9 @@ service signs into a URL holds. LocalStack's S3 provider checks SigV4 query sign
 POST policy conditions. It pins a botocore other than aioboto3's, so it lives in a venv of its own
 (made once, reused), and runs as a separate process on a free loopback port.
 
-If the venv cannot be made (no package registry) or LocalStack does not come up, the fixture
-fails with the reason and the tail of the relevant log: these tests must never silently skip.
+The venv is made by `make test-deps` (`python -m tests.integration.strict_s3`), not by the tests.
+If it is missing, or LocalStack does not come up, the fixture fails with the reason and the tail
+of the relevant log: these tests must never silently skip.
 
 Use it from a test module with `from tests.integration.strict_s3 import strict_s3_fixture  # noqa: F401`
 and a `strict_s3` argument.
@@ -171,9 +172,19 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=STOP_GRACE_SECONDS)
 
 
+def installed_venv() -> Path:
+    """The venv's python, as `make test-deps` made it; the tests install nothing themselves."""
+    venv = venv_dir()
+    marker = venv / READY_MARKER
+    wanted = "\n".join(REQUIREMENTS)
+    if not (marker.is_file() and marker.read_text() == wanted and venv_python(venv).exists()):
+        raise RuntimeError(f"the LocalStack venv at {venv} is missing or out of date: run `make test-deps`")
+    return venv_python(venv)
+
+
 @contextlib.contextmanager
 def run_localstack(workdir: Path) -> Iterator[StrictS3Endpoint]:
-    python = ensure_venv()
+    python = installed_venv()
     port = _free_port()
     endpoint = f"http://127.0.0.1:{port}"
     tmp = workdir / "tmp"
@@ -231,3 +242,7 @@ def strict_s3_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stri
     """The endpoint URL of a LocalStack S3 that validates signatures, for the whole test module."""
     with run_localstack(tmp_path_factory.mktemp("localstack")) as endpoint:
         yield endpoint
+
+
+if __name__ == "__main__":  # `make test-deps`: make (or confirm) the venv once
+    print(f"LocalStack venv ready: {ensure_venv()}")

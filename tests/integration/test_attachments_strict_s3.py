@@ -26,6 +26,7 @@ from pytest_aiohttp import AiohttpClient
 
 from messenger.app import CONTAINER, create_app
 from tests.conftest import make_settings
+from tests.fakes import EICAR as EICAR_BODY
 from tests.integration.strict_s3 import StrictS3Endpoint, strict_s3_fixture  # noqa: F401  (the fixture)
 from tests.integration.test_attachments_s3 import API, PDF, Chat, mark_clean, png_bytes
 
@@ -324,3 +325,28 @@ async def test_download_url_serves_the_file_as_an_attachment_until_it_expires(
     expired = await browser_get(location)
     assert (expired.status, expired.code) == (403, "AccessDenied"), expired.describe()
     assert expired.message == "Request has expired"
+
+
+async def test_a_grant_used_again_after_complete_cannot_change_what_is_served(
+    open_chat: OpenChat, strict_s3: StrictS3Endpoint
+) -> None:
+    # Regression: the same POST fields, still within the policy's lifetime, overwrote a released
+    # file with malware of the same size, and the buyer's download served it without a rescan.
+    chat = await open_chat()
+    clean = png_bytes((24, 24))
+    grant = await request_grant(chat, size=len(clean), content_type="image/png")
+    assert (await browser_post(grant["upload"], clean, content_type="image/png")).status in OK_STATUSES
+    attachment_id = grant["attachment"]["id"]
+    assert (await chat.complete(attachment_id)).status == 200
+    await mark_clean(chat.client, attachment_id)
+
+    malware = clean[:16] + EICAR_BODY + bytes(len(clean) - 16 - len(EICAR_BODY))
+    again = await browser_post(grant["upload"], malware, content_type="image/png")
+    assert again.status in OK_STATUSES  # S3 takes it: the policy has not expired...
+    response = await chat.client.get(
+        f"{API}/attachments/{attachment_id}/download", headers=chat.auth("buyer"), allow_redirects=False
+    )
+    fetched = await browser_get(response.headers["Location"])
+    assert fetched.status == 200 and fetched.body == clean  # ...but nobody ever reads where it landed
+    seen = await chat.client.get(f"{API}/attachments/{attachment_id}", headers=chat.auth("buyer"))
+    assert (await seen.json())["status"] in ("clean", "ready")  # still the file that was scanned

@@ -2,7 +2,7 @@
 
 The stand-in checks what Cloudinary would: the endpoint path, the signature (computed here independently of the SDK),
 the API key, the timestamp's freshness; and it fetches the `file` URL the way Cloudinary does, from the S3 API server
-(moto, in process), to prove it is a working, short-lived presigned GET for exactly the original's bytes.
+(the embedded nanio server), to prove it is a working, short-lived presigned GET for exactly the original's bytes.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import io
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -164,23 +165,24 @@ class CloudinaryStandIn:
 # --- fixtures ------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    server = EmbeddedS3()
-    yield server.start()
-    server.stop()
-
-
 @pytest.fixture
-async def storage(s3_endpoint: str) -> AsyncIterator[S3Storage]:
+async def storage(tmp_path: Path) -> AsyncIterator[S3Storage]:
+    server = EmbeddedS3(tmp_path / "s3")
+    endpoint = await server.start()
     settings = S3Settings(
-        bucket=f"previews-{uuid.uuid4().hex[:10]}", endpoint_url=s3_endpoint, public_endpoint_url=None, accelerate=False
+        bucket=f"previews-{uuid.uuid4().hex[:10]}", endpoint_url=endpoint, public_endpoint_url=None, accelerate=False
     )
-    s3 = S3Storage(settings, embedded=True)
+    s3 = S3Storage(settings, supports_post_policy=False)
+    s3.use_endpoint(
+        endpoint,
+        access_key_id=server.credentials.access_key_id,
+        secret_access_key=server.credentials.secret_access_key,
+    )
     await s3.start()
-    await s3.ensure_bucket()
+    await s3.ensure_bucket(cors_origins=None)
     yield s3
     await s3.close()
+    await server.stop()
 
 
 @pytest.fixture
@@ -224,7 +226,7 @@ def png(size: tuple[int, int]) -> bytes:
 
 
 async def test_image_is_uploaded_from_a_presigned_url_with_a_valid_signature(
-    storage: S3Storage, standin: tuple[CloudinaryStandIn, str], s3_endpoint: str
+    storage: S3Storage, standin: tuple[CloudinaryStandIn, str]
 ) -> None:
     stand_in, prefix = standin
     original = png((1000, 500))
@@ -235,7 +237,7 @@ async def test_image_is_uploaded_from_a_presigned_url_with_a_valid_signature(
     [received] = stand_in.received
     assert received.path == f"/v1_1/{CLOUD}/image/upload"
     assert received.source_bytes == original  # Cloudinary could fetch exactly the original
-    assert received.form["file"].startswith(f"{s3_endpoint}/{storage.bucket}/conversations/c1/att1?")
+    assert received.form["file"].startswith(f"{storage.endpoint}/{storage.bucket}/conversations/c1/att1?")
     query = received.source_query
     assert query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"] and int(query["X-Amz-Expires"][0]) == 300
     assert "X-Amz-Signature" in query and "X-Amz-Credential" in query

@@ -69,7 +69,8 @@ class Harness:
         grant = await self.c.attachments.request_upload(
             seller, self.conversation_id, filename=filename, size=len(content), content_type=content_type
         )
-        await self.c.storage.put(grant["upload"]["fields"]["key"], content, content_type=content_type)
+        key = f"uploads/conversations/{self.conversation_id}/{grant['attachment']['id']}"
+        await self.c.storage.put(key, content, content_type=content_type)
         done = await self.c.attachments.complete(seller, grant["attachment"]["id"], None)
         assert done["status"] == "uploaded"
         return str(grant["attachment"]["id"])

@@ -74,8 +74,12 @@ async def test_backup_copies_a_consistent_database_and_the_files_while_a_writer_
     engine = SqliteEngine(data / DATABASE_FILE)
     log = SqliteEventLog(engine)
     await log.ensure_schema()
-    (data / FILES_DIR / "bucket" / "conversations").mkdir(parents=True)
-    (data / FILES_DIR / "bucket" / "conversations" / "obj1").write_bytes(b"x" * 10_000)
+    objects = data / FILES_DIR / "objects" / "bucket" / "conversations"
+    objects.mkdir(parents=True)
+    (objects / "obj1").write_bytes(b"x" * 10_000)
+    (objects / ".tmp.0123abcd").write_bytes(b"half an upload")  # nanio mid-write: not copied
+    (data / FILES_DIR / "credentials.json").write_text('{"access_key_id": "MSG1"}')
+    (data / FILES_DIR / "server.log").write_text("remade at start: not copied")
     stop = asyncio.Event()
 
     async def write() -> None:
@@ -91,9 +95,11 @@ async def test_backup_copies_a_consistent_database_and_the_files_while_a_writer_
     written = len(await log.read(limit=1_000_000))
     await engine.close()
 
-    assert report.files == 1 and report.file_bytes == 10_000
-    assert (tmp_path / "copy" / FILES_DIR / "bucket" / "conversations" / "obj1").read_bytes() == b"x" * 10_000
-    assert not list((tmp_path / "copy").rglob("*partial*"))
+    copied_s3 = tmp_path / "copy" / FILES_DIR
+    assert report.files == 2
+    assert (copied_s3 / "objects" / "bucket" / "conversations" / "obj1").read_bytes() == b"x" * 10_000
+    assert (copied_s3 / "credentials.json").read_text() == '{"access_key_id": "MSG1"}'
+    assert sorted(p.name for p in copied_s3.rglob("*") if p.is_file()) == ["credentials.json", "obj1"]
     restored = SqliteEngine(tmp_path / "copy" / DATABASE_FILE)
     copied = await SqliteEventLog(restored).read(limit=1_000_000)
     await restored.close()

@@ -1,0 +1,493 @@
+"""The web app as its users meet it, in headless Chromium against `messenger serve`: a buyer and a seller
+chatting live, an order delivered, accepted and sent back for a revision, contact details held and masked,
+a moderator working the queue at /moderation, a phone, and the page embedded in a host page's iframe.
+axe-core (npm, web/node_modules) checks every screen for serious or critical accessibility violations.
+
+The service runs with CHAT_CONTACT_POLICY=hold and a 1 MiB scan limit, so a held message and a file
+that only a moderator can clear (needs_review) are reached on purpose, not by racing the scanner.
+Set MESSENGER_SCREENSHOT_DIR=docs to refresh the screenshots in docs/.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import re
+import shutil
+import threading
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import REPO, RunningService, free_port, start_service, stop_service
+from tests.e2e.test_web_client_chromium import (
+    EICAR,
+    SCAN_TIMEOUT_MS,
+    Person,
+    browser,  # noqa: F401  (the module-scoped Chromium fixture)
+    fetch_raw,
+    make_png,
+    require_page,
+)
+
+pytestmark = pytest.mark.e2e
+
+MiB = 1024 * 1024
+SCAN_LIMIT = 1 * MiB  # larger files are not scanned: a moderator decides (needs_review)
+# The marketplace page that embeds the chat, served by a tiny HTTP server of the test on loopback
+# (Chromium does not let a public page frame a local address): localhost is another origin than 127.0.0.1.
+HOST_PORT = free_port()
+HOST = f"http://localhost:{HOST_PORT}"
+HOST_PAGES: dict[str, bytes] = {}
+
+
+class HostPage(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = HOST_PAGES.get(self.path, b"not found")
+        self.send_response(200 if self.path in HOST_PAGES else 404)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+AXE = REPO / "web/node_modules/axe-core/axe.min.js"
+CONTACTS = "Call me on +1 415 555 0134 or write to bob@example.com"
+AXE_RUN = """async () => {
+  const result = await axe.run(document, {resultTypes: ['violations']});
+  return result.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical')
+    .map((v) => ({id: v.id, impact: v.impact, help: v.help,
+                  nodes: v.nodes.slice(0, 3).map((n) => n.target.join(' '))}));
+}"""
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
+    host = http.server.ThreadingHTTPServer(("127.0.0.1", HOST_PORT), HostPage)
+    threading.Thread(target=host.serve_forever, daemon=True).start()
+    running = start_service(
+        tmp_path_factory.mktemp("webapp"),
+        env={
+            "CHAT_CONTACT_POLICY": "hold",
+            "CLAMD_STREAM_MAX_LENGTH": str(SCAN_LIMIT),
+            "CLAMD_CHUNK_SIZE": "4096",  # slower scans, so a delivery sent at upload time is sent first
+            "MESSENGER_EMBED_ORIGINS": HOST,
+        },
+    )
+    try:
+        require_page(running)
+        if fetch_raw(running, "/static/socket.io.min.js")[0] != 200:
+            pytest.fail("no socket.io client to serve; install it with: npm ci --prefix web")
+        if not AXE.is_file():
+            pytest.fail(f"{AXE} is missing; install it with: npm ci --prefix web")
+        yield running
+    finally:
+        stop_service(running)
+        host.shutdown()
+        host.server_close()
+
+
+def check_accessibility(person: Person, screen: str) -> None:
+    """axe-core, evaluated through the DevTools protocol (the page's CSP would refuse an injected script)."""
+    if person.page.evaluate("typeof window.axe") != "object":
+        person.page.evaluate(AXE.read_text())
+    violations = person.page.evaluate(AXE_RUN)
+    assert violations == [], f"{screen}: {json.dumps(violations, indent=1)}"
+
+
+def screenshot(person: Person, name: str) -> None:
+    shots = os.environ.get("MESSENGER_SCREENSHOT_DIR")
+    if shots:
+        person.page.screenshot(path=str(Path(shots) / f"{name}.png"))
+
+
+def rest(service: RunningService, user: str, method: str, path: str, body: Any = None) -> Any:
+    request = urllib.request.Request(
+        service.url + "/api/v1" + path,
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": "Bearer " + service.token(user), "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read() or b"null")
+
+
+def send(person: Person, text: str) -> None:
+    person.page.fill("#composer-text", text)
+    person.page.get_by_role("button", name="Send", exact=True).click()
+
+
+def messages(person: Person) -> Any:
+    return (
+        person.page.get_by_role("list", name="Messages")
+        .get_by_role("listitem")
+        .filter(has=person.page.locator(".bubble"))
+    )
+
+
+def deliver(person: Person, files: list[Path], note: str) -> None:
+    """The seller's Deliver order: a note and files, sent as soon as the files are up."""
+    person.page.get_by_role("button", name="Deliver order").click()
+    dialog = person.page.get_by_role("dialog", name=re.compile("Deliver order"))
+    dialog.get_by_label("Note to the buyer").fill(note)
+    person.page.set_input_files("#delivery-files", [str(f) for f in files])
+    dialog.get_by_role("button", name="Send delivery").click()
+    dialog.wait_for(state="hidden")
+
+
+def card(person: Person, status: str) -> Any:
+    return person.page.locator(f".delivery-card[data-status='{status}']").last
+
+
+def padded_eicar(path: Path, size: int) -> None:
+    """EICAR at the end of random bytes: still detected, and the scan takes a moment."""
+    path.write_bytes(os.urandom(size - len(EICAR)) + EICAR)
+
+
+def test_a_buyer_and_a_seller_chat_live_and_the_buyer_also_reads_on_a_phone(
+    service: RunningService,
+    browser: Any,  # noqa: F811
+) -> None:
+    run = uuid.uuid4().hex[:6]
+    buyer_id, seller_id = f"buyer-{run}", f"seller-{run}"
+    buyer = Person(browser, service, buyer_id)
+    seller = Person(browser, service, seller_id)
+    phone = None
+    try:
+        buyer.open_conversation(seller_id, "buyer")
+        send(buyer, "Hello! Can you draw a logo for my bakery?")
+        # The seller has no conversation open: the inbox, the tab title and the live region tell them.
+        inbox = seller.page.get_by_role("list", name="Conversations")
+        inbox.get_by_role("listitem").filter(has_text=buyer_id).wait_for()
+        seller.page.wait_for_function("document.title === '(1) Messenger'")
+        seller.page.wait_for_function(
+            "document.getElementById('announcer').textContent.startsWith('New message from " + buyer_id + "')"
+        )
+        check_accessibility(seller, "inbox")
+        screenshot(seller, "web-inbox")
+
+        inbox.get_by_role("button", name=re.compile(buyer_id)).click()
+        assert seller.page.text_content("#chat-title") == buyer_id
+        seller.page.wait_for_function("document.title === 'Messenger'")
+        assert messages(seller).count() == 1
+        buyer.page.locator(".receipt.read").wait_for()  # read receipt back to the buyer
+
+        seller.page.locator("#composer-text").press_sequentially("Sure", delay=20)
+        buyer.page.wait_for_selector(f"#typing:has-text('{seller_id} is typing')")
+        seller.page.press("#composer-text", "Enter")
+        buyer.message("Sure").wait_for()
+        buyer.page.locator("#presence.online").wait_for()
+
+        # Edit and delete reach the other side live.
+        own = buyer.page.locator(".message.mine").first
+        own.get_by_role("button", name="Edit").click()
+        own.locator("textarea.editor").fill("Hello! Can you draw a logo for my cake shop?")
+        own.get_by_role("button", name="Save").click()
+        seller.message("cake shop").locator(".edited").wait_for()
+        send(buyer, "typo, ignore")
+        seller.message("typo, ignore").wait_for()
+        typo = buyer.page.locator(".message.mine").filter(has_text="typo, ignore")
+        typo.get_by_role("button", name="Delete").click()
+        typo.get_by_role("button", name="Really delete?").click()
+        seller.page.locator(".message.deleted").wait_for()
+
+        # Offline and back: what was missed arrives; a reload keeps the conversation open.
+        seller.context.set_offline(True)
+        seller.page.wait_for_selector("#connection[data-state='connecting']")
+        send(buyer, "sent while you were offline")
+        seller.context.set_offline(False)
+        seller.message("sent while you were offline").wait_for()
+        seller.page.reload()
+        seller.page.wait_for_selector("#connection[data-state='live']")
+        seller.message("sent while you were offline").wait_for()
+        assert seller.page.text_content("#chat-title") == buyer_id
+        # Read before the reload, so no unread badge comes back.
+        assert seller.page.locator("#conversations li[data-unread='0']").count() == 1
+        # Messages of one sender close together share one header; the day is shown once.
+        assert seller.page.locator(".message .day").all_text_contents() == ["Today"]
+        check_accessibility(seller, "conversation")
+        screenshot(seller, "web-conversation")
+
+        # A third context: the buyer on a phone sees the inbox and the conversation as two screens.
+        phone = Person(browser, service, buyer_id, viewport=(390, 740))
+        assert phone.page.get_by_role("list", name="Conversations").is_visible()
+        assert not phone.page.locator("#token-input").is_visible()  # no developer forms once signed in
+        assert not phone.page.locator("#counterpart").is_visible()
+        check_accessibility(phone, "phone inbox")
+        screenshot(phone, "web-phone-inbox")
+        phone.page.get_by_role("list", name="Conversations").get_by_role("button").first.click()
+        phone.message("Sure").wait_for()
+        assert not phone.page.get_by_role("list", name="Conversations").is_visible()
+        assert phone.page.get_by_role("button", name="Send", exact=True).is_visible()
+        check_accessibility(phone, "phone conversation")
+        screenshot(phone, "web-phone-conversation")
+        phone.page.get_by_role("button", name="Back to conversations").click()
+        phone.page.get_by_role("list", name="Conversations").wait_for()
+        assert buyer.problems == [] and seller.problems == [] and phone.problems == []
+    finally:
+        for person in (buyer, seller, phone):
+            if person is not None:
+                person.close()
+
+
+def test_a_seller_delivers_three_files_and_the_buyer_accepts_once_they_are_cleared(
+    service: RunningService,
+    browser: Any,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    run = uuid.uuid4().hex[:6]
+    buyer_id, seller_id, order = f"buyer-{run}", f"seller-{run}", f"order-{run}"
+    buyer = Person(browser, service, buyer_id)
+    seller = Person(browser, service, seller_id)
+    moderator = Person(browser, service, f"mod-{run}", moderator=True, path="/moderation", transport="polling")
+    try:
+        buyer.open_conversation(seller_id, "buyer", order)
+        seller.open_conversation(buyer_id, "seller", order)
+        files = [tmp_path / "logo.png", tmp_path / "logo-dark.png", tmp_path / "poster.png"]
+        make_png(files[0], (320, 200))
+        make_png(files[1], (200, 200))
+        make_png(files[2], (700, 700), noise=True)  # above the scan limit: a moderator must clear it
+        assert files[2].stat().st_size > SCAN_LIMIT
+        seller.page.get_by_role("button", name="Deliver order").click()
+        check_accessibility(seller, "deliver order dialog")
+        seller.page.get_by_role("button", name="Cancel").click()
+        deliver(seller, files, "Here are the logo and the poster")
+
+        # Pending while the poster waits for a moderator; both sides see the card.
+        pending = card(buyer, "pending")
+        pending.wait_for(timeout=SCAN_TIMEOUT_MS)
+        assert "First delivery" in (pending.text_content() or "")
+        card(seller, "pending").wait_for()
+        assert buyer.page.get_by_role("button", name="Accept delivery").count() == 0
+        screenshot(buyer, "web-delivery-pending")
+
+        # The moderator sees the file's metadata, never a download link, and releases it with a note.
+        item = moderator.page.locator(".item.kind-attachment").filter(has_text="poster.png")
+        item.wait_for(timeout=SCAN_TIMEOUT_MS)
+        assert item.locator("a").count() == 0
+        assert "needs_review" in (item.text_content() or "")
+        check_accessibility(moderator, "moderation queue")
+        screenshot(moderator, "web-moderation")
+        item.get_by_role("button", name="Release").click()
+        item.get_by_role("button", name="Confirm release").click()
+        item.get_by_text("A note is required.").wait_for()
+        item.get_by_label(re.compile("Note for the audit log")).fill("poster checked by hand: a plain image")
+        item.get_by_role("button", name="Confirm release").click()
+        moderator.page.locator("#audit-body tr").filter(has_text="poster checked by hand").wait_for()
+
+        # Cleared, scanned files previewed: the card turns ready live, and the buyer opens a preview.
+        card(buyer, "ready").wait_for(timeout=SCAN_TIMEOUT_MS)
+        delivery_message = buyer.page.locator(".message.kind-delivery")
+        assert delivery_message.locator(".attachment").count() == 3
+        delivery_message.locator(".attachment[data-status='ready'] .preview-button").first.click()
+        lightbox = buyer.page.get_by_role("dialog")
+        lightbox.wait_for()
+        assert buyer.page.locator("#lightbox-image").evaluate("img => img.complete && img.naturalWidth > 0")
+        check_accessibility(buyer, "lightbox")
+        screenshot(buyer, "web-lightbox")
+        lightbox.get_by_role("button", name="Close").click()
+        check_accessibility(buyer, "delivery card")
+        screenshot(buyer, "web-delivery-ready")
+        buyer.page.get_by_role("button", name="Accept delivery").click()
+        card(buyer, "accepted").wait_for()
+        card(seller, "accepted").wait_for()
+        assert all(p.problems == [] for p in (buyer, seller, moderator)), [buyer.problems, seller.problems]
+    finally:
+        for person in (buyer, seller, moderator):
+            person.close()
+
+
+def test_a_revision_request_reaches_the_seller_and_an_infected_redelivery_is_blocked(
+    service: RunningService,
+    browser: Any,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    run = uuid.uuid4().hex[:6]
+    buyer_id, seller_id, order = f"buyer-{run}", f"seller-{run}", f"order-{run}"
+    buyer = Person(browser, service, buyer_id)
+    seller = Person(browser, service, seller_id)
+    try:
+        buyer.open_conversation(seller_id, "buyer", order)
+        seller.open_conversation(buyer_id, "seller", order)
+        first = tmp_path / "draft.png"
+        make_png(first, (160, 120))
+        deliver(seller, [first], "First draft")
+        card(buyer, "ready").wait_for(timeout=SCAN_TIMEOUT_MS)
+        buyer.page.get_by_role("button", name="Request revision").click()
+        buyer.page.get_by_label("What should change?").fill("Please use a darker red")
+        buyer.page.get_by_role("button", name="Send revision request").click()
+        asked = card(seller, "revision_requested")
+        asked.wait_for()
+        assert "Please use a darker red" in (asked.text_content() or "")
+
+        # The second delivery carries an infected file. The page refuses to deliver a file already found
+        # infected, so Send delivery is pressed while it is still going up (the page then sends the
+        # delivery the moment the upload completes, before the scan ends); holding the upload's
+        # `complete` until then makes that order certain.
+        infected = tmp_path / "final-artwork.bin"
+        padded_eicar(infected, 1_000_000)
+        held: list[Any] = []
+        seller.page.route("**/api/v1/attachments/*/complete", lambda route: held.append(route))
+        seller.page.get_by_role("button", name="Deliver order").click()
+        dialog = seller.page.get_by_role("dialog", name=re.compile("Deliver order"))
+        dialog.get_by_label("Note to the buyer").fill("Final version")
+        seller.page.set_input_files("#delivery-files", str(infected))
+        while not held:
+            seller.page.wait_for_timeout(20)
+        dialog.get_by_role("button", name="Send delivery").click()
+        dialog.get_by_role("button", name="Sending when uploaded…").wait_for()
+        held[0].continue_()
+        seller.page.unroute("**/api/v1/attachments/*/complete")
+        dialog.wait_for(state="hidden")
+        blocked = card(buyer, "blocked")
+        blocked.wait_for(timeout=SCAN_TIMEOUT_MS)
+        assert "Revision 1" in (blocked.text_content() or "")
+        card(seller, "blocked").wait_for()
+        assert buyer.page.locator(".message.kind-delivery").last.locator("a.download").count() == 0
+        assert buyer.page.get_by_role("button", name="Accept delivery").count() == 0
+        screenshot(seller, "web-delivery-blocked")
+        assert buyer.problems == [] and seller.problems == [], buyer.problems + seller.problems
+    finally:
+        buyer.close()
+        seller.close()
+
+
+def test_contact_details_are_held_for_a_moderator_and_reach_the_buyer_masked(
+    service: RunningService,
+    browser: Any,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    run = uuid.uuid4().hex[:6]
+    buyer_id, seller_id = f"buyer-{run}", f"seller-{run}"
+    buyer = Person(browser, service, buyer_id)
+    seller = Person(browser, service, seller_id)
+    moderator = Person(browser, service, f"mod-{run}", moderator=True, path="/moderation", transport="polling")
+    try:
+        buyer.open_conversation(seller_id, "buyer")
+        seller.open_conversation(buyer_id, "seller")
+        send(seller, CONTACTS)
+        # The sender is told why it has not gone out; the buyer sees that something waits, not what.
+        mine = seller.message(CONTACTS)
+        mine.locator(".notes").filter(has_text="Held for a moderator").wait_for()
+        held = buyer.page.locator(".message.theirs.held")
+        held.wait_for()
+        assert "waiting for a moderator" in (held.text_content() or "")
+        assert "415" not in (held.text_content() or "") and "bob@" not in (held.text_content() or "")
+        check_accessibility(buyer, "held message")
+        screenshot(seller, "web-held-sender")
+        screenshot(buyer, "web-held-recipient")
+        # A file too large to scan, sent in the chat: the moderator will reject it.
+        big = tmp_path / "portfolio.png"
+        make_png(big, (700, 700), noise=True)
+        seller.attach(big)
+        send(seller, "and my portfolio")
+        buyer.message("and my portfolio").locator(".attachment[data-status='needs_review']").wait_for(
+            timeout=SCAN_TIMEOUT_MS
+        )
+
+        message_item = moderator.page.locator(".item.kind-message").filter(has_text="bob@example.com")
+        message_item.wait_for(timeout=SCAN_TIMEOUT_MS)
+        message_item.get_by_role("button", name="Release").click()
+        message_item.get_by_label(re.compile("Note for the audit log")).fill("phone and e-mail get masked")
+        message_item.get_by_role("button", name="Confirm release").click()
+        file_item = moderator.page.locator(".item.kind-attachment").filter(has_text="portfolio.png")
+        file_item.wait_for()
+        file_item.get_by_role("button", name="Reject").click()
+        file_item.get_by_label(re.compile("Note for the audit log")).fill("not something to send in a chat")
+        file_item.get_by_role("button", name="Confirm reject").click()
+        moderator.page.locator("#audit-body tr").filter(has_text="not something to send").wait_for()
+        check_accessibility(moderator, "moderation audit log")
+
+        # Released: the buyer sees it with the contact details masked, and is told so.
+        masked = buyer.page.locator(".message.theirs").filter(has_text="Contact details in this message were hidden")
+        masked.wait_for()
+        assert "bob@example.com" not in (masked.text_content() or "")
+        assert seller.message(CONTACTS).locator(".notes").filter(has_text="hidden from the other side").count() == 1
+        rejected = buyer.message("and my portfolio").locator(".attachment[data-status='rejected']")
+        rejected.wait_for()
+        assert rejected.locator("a.download").count() == 0
+        # The buyer reports the message.
+        masked.get_by_role("button", name="Report").click()
+        masked.get_by_label("Why are you reporting this?").fill("asks me to leave the platform")
+        masked.get_by_role("button", name="Send report").click()
+        masked.get_by_text("Reported to the moderators").wait_for()
+        check_accessibility(buyer, "masked message and report")
+        screenshot(buyer, "web-masked-recipient")
+        assert all(p.problems == [] for p in (buyer, seller, moderator)), [buyer.problems, seller.problems]
+    finally:
+        for person in (buyer, seller, moderator):
+            person.close()
+
+
+def test_a_host_page_embeds_one_conversation_and_hands_over_the_token_by_post_message(
+    service: RunningService,
+    browser: Any,  # noqa: F811
+) -> None:
+    run = uuid.uuid4().hex[:6]
+    buyer_id, seller_id = f"buyer-{run}", f"seller-{run}"
+    conversation = rest(service, buyer_id, "POST", "/conversations", {"buyer_id": buyer_id, "seller_id": seller_id})
+    rest(service, seller_id, "POST", f"/conversations/{conversation['id']}/messages", {"client_id": "c1", "text": "hi"})
+    token = service.token(buyer_id)
+    # Only the configured host may frame /embed; the main page may not be framed at all.
+    embed_csp = fetch_raw(service, "/embed")[1]["content-security-policy"]
+    assert f"frame-ancestors {HOST}" in embed_csp
+    assert "frame-ancestors 'none'" in fetch_raw(service, "/")[1]["content-security-policy"]
+
+    host_page = f"""<!doctype html><html lang="en"><head><title>Marketplace</title></head><body>
+<h1>Order page</h1>
+<iframe id="chat" title="Chat with the seller" width="900" height="600"
+        src="{service.url}/embed?conversation={conversation["id"]}"></iframe>
+<script>
+  window.addEventListener('message', (event) => {{
+    if (event.origin !== '{service.url}' || event.data.type !== 'messenger:ready') return;
+    document.getElementById('chat').contentWindow.postMessage(
+      {{type: 'messenger:auth', token: '{token}'}}, '{service.url}');
+  }});
+</script></body></html>"""
+    HOST_PAGES["/orders/1"] = host_page.encode()
+    context = browser.new_context(viewport={"width": 960, "height": 700})
+    try:
+        page = context.new_page()
+        urls: list[str] = []
+        page.on("request", lambda request: urls.append(request.url))
+        page.goto(f"{HOST}/orders/1")
+        frame = page.frame_locator("#chat")
+        frame.locator(".message").filter(has_text="hi").wait_for()
+        assert frame.locator("#chat-title").text_content() == seller_id
+        assert not frame.locator("#inbox").is_visible()  # one conversation, no inbox
+        frame.get_by_role("textbox", name="Message", exact=True).fill("hello from the order page")
+        frame.get_by_role("button", name="Send", exact=True).click()
+        frame.locator(".message.mine:not(.pending)").filter(has_text="hello from the order page").wait_for()
+        # The token travelled by postMessage only: in no URL, and not stored by the framed page.
+        assert not [u for u in urls if token in u]
+        embedded = next(f for f in page.frames if f.url.startswith(service.url))
+        # (A browser that blocks third-party storage refuses sessionStorage to the frame altogether.)
+        assert embedded.evaluate("() => { try { return sessionStorage.length; } catch (e) { return 0; } }") == 0
+        shots = os.environ.get("MESSENGER_SCREENSHOT_DIR")
+        if shots:
+            page.screenshot(path=str(Path(shots) / "web-embed.png"))
+
+        # The contract's sign-in link `/?token=…` works too, and the token leaves the address bar at once.
+        direct = context.new_page()
+        direct.goto(f"{service.url}/?token={token}")
+        direct.wait_for_selector("#connection[data-state='live']")
+        direct.get_by_role("list", name="Conversations").get_by_role("listitem").filter(has_text=seller_id).wait_for()
+        assert token not in direct.url
+    finally:
+        context.close()
+
+
+def test_the_moderation_console_is_served_with_the_strict_policy(service: RunningService) -> None:
+    status, headers, body = fetch_raw(service, "/moderation")
+    assert status == 200 and b"/static/moderation.js" in body
+    assert "script-src 'self'" in headers["content-security-policy"]
+    assert headers["x-frame-options"] == "DENY"
+    assert shutil.which("chromium") or Path("/usr/bin/chromium").is_file()
