@@ -208,6 +208,11 @@ async def test_every_acknowledged_write_survives_a_restart(tmp_path: Path, stop_
         await put_granted(granted, later)  # the URL was signed before the restart
         completed = call(again, "seller", "POST", f"/attachments/{granted['attachment']['id']}/complete", {})
         assert completed["status"] == "uploaded"
+        later_id = granted["attachment"]["id"]
+        await eventually(  # the restarted pipeline scans it and releases it
+            lambda: call(again, "seller", "GET", f"/attachments/{later_id}")["status"] in ("clean", "ready"), timeout=20
+        )
+        assert await download(again, "buyer", later_id) == later
         [audit] = call(again, "mod", "GET", f"/moderation/decisions?target_id={flagged['id']}", moderator=True)[
             "decisions"
         ]
