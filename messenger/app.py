@@ -545,6 +545,15 @@ def create_app(
             yield
 
     app.cleanup_ctx.append(started)
+
+    async def close_sockets(app: web.Application) -> None:
+        # Open websockets are request handlers that end only when their client leaves, so a
+        # graceful shutdown would wait for every client (aiohttp's 60 s). Closing them lets the
+        # clients reconnect (to another node, or to this one restarted) and sync what they missed.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(container.sio.eio.disconnect(), timeout=5)
+
+    app.on_shutdown.append(close_sockets)
     return app
 
 

@@ -176,13 +176,13 @@ async def test_every_acknowledged_write_survives_a_restart(tmp_path: Path, stop_
         ]
         await eventually(lambda: len(streams[0]) + len(streams[1]) >= 40)
         service.process.send_signal(stop_with)
-        # A stopping service keeps serving the connections it has until they close (aiohttp's
-        # graceful shutdown): the clients go away shortly after, as they would when it stops answering.
-        await asyncio.sleep(0.3)
+        # A stopping service closes the websockets it holds instead of waiting for its clients to
+        # leave (aiohttp's graceful shutdown would wait a minute), so it is gone while they are
+        # still connected and sending.
+        await asyncio.to_thread(service.process.wait, 20)
         for person in (buyer, seller):
             await person.close()
         await asyncio.wait_for(asyncio.gather(*writers), timeout=30)
-        await asyncio.to_thread(service.process.wait, 30)
         acked += streams[0] + streams[1]
     finally:
         stop_service(service)
