@@ -327,6 +327,10 @@ async def database_started(container: Container) -> AsyncIterator[None]:
             await container.outbox.sweep()
         yield
     finally:
+        if container.outbox is not None:
+            # Events still on their way to the log would otherwise wait for the next start's sweep.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(container.outbox.settle(), timeout=10)
         if container.redis is not None:
             await container.redis.aclose()
         await container.database.close()
