@@ -283,7 +283,8 @@ class MongoMessageStore:
             if "client_id" in duplicate_key_fields(exc):
                 raise ClientIdTaken(message.client_id) from None
             raise SeqTaken(message.seq) from None
-        await self._outbox.flush(MESSAGES, message.id, events)
+        # The events are durable in the message document: moved to the log off the send path.
+        self._outbox.move_soon(MESSAGES, message.id, events)
         await self._index(message, fresh=True)
 
     async def save_change(self, message: Message, events: Sequence[Event]) -> Message | None:

@@ -37,7 +37,9 @@ SCHEMA: list[list[str]] = [
         " deleted INTEGER NOT NULL, body TEXT NOT NULL)",
         "CREATE UNIQUE INDEX messages_conversation_seq ON messages (conversation_id, seq)",
         "CREATE UNIQUE INDEX messages_sender_client_id ON messages (sender_id, client_id)",
-        "CREATE INDEX messages_conversation_updated_seq ON messages (conversation_id, updated_seq)",
+        # Only changed messages (an edit or a delete takes a later updated_seq): a sync finds the
+        # few changed since its seq without walking every newer message.
+        "CREATE INDEX messages_changed ON messages (conversation_id, updated_seq) WHERE updated_seq > seq",
     ],
     # Full-text search. Row 2*m is what the sender of message rowid m sees, 2*m+1 what the recipient
     # sees; `keys` holds the viewer's and the conversation's tokens (chat/search.py), so a search
@@ -331,9 +333,11 @@ class SqliteMessageStore:
     ) -> tuple[list[Message], bool]:
         def page(c: Connection) -> tuple[list[Message], bool]:
             if after_seq is not None:
+                # seq <= N < updated_seq implies updated_seq > seq: the partial index of changed
+                # messages answers it, reading only those, not every older or newer message.
                 changed = c.execute(
-                    "SELECT body FROM messages WHERE conversation_id = ? AND seq <= ? AND updated_seq > ?"
-                    " ORDER BY seq LIMIT ?",
+                    "SELECT body FROM messages INDEXED BY messages_changed WHERE conversation_id = ?"
+                    " AND updated_seq > ? AND seq <= ? AND updated_seq > seq ORDER BY seq LIMIT ?",
                     (conversation_id, after_seq, after_seq, MAX_CHANGED_PER_SYNC),
                 ).fetchall()
                 sql = "SELECT body FROM messages WHERE conversation_id = ? AND seq > ?"

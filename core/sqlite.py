@@ -14,11 +14,12 @@ import asyncio
 import dataclasses
 import json
 import logging
+import queue
 import sqlite3
+import threading
 import types
 import typing
 from collections.abc import Callable, Collection, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from enum import Enum
 from pathlib import Path
@@ -59,25 +60,50 @@ def opt_ms(moment: datetime | None) -> int | None:
 
 
 class SqliteEngine:
-    """One connection, used only by one thread; every call is one transaction on it."""
+    """One connection, used only by the engine's own thread; every call is one transaction on it."""
 
     def __init__(self, path: str | Path, *, synchronous: str = "NORMAL") -> None:
         if synchronous.upper() not in SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}")
         self.path = Path(path)
         self.synchronous = synchronous.upper()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        # A queue and a thread of its own rather than a ThreadPoolExecutor: measured, a call costs
+        # about 35 us of CPU this way instead of 55 us, and a send makes several.
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
         self._connection: Connection | None = None
         self._closed = False
         # Transactions run so far: a store call's database round trips (the benchmark reads it).
         self.transactions = 0
 
     async def run(self, work: Callable[[Connection], T], *, write: bool = True) -> T:
-        """Run `work` in one transaction on the engine's thread; an exception rolls it all back."""
+        """Run `work` in one transaction on the engine's thread; an exception rolls it all back.
+
+        A caller cancelled while it waits does not cancel the transaction: it commits or not as if
+        the caller had waited (like a write whose acknowledgement was lost).
+        """
+        return await self._submit(lambda: self._transaction(work, write))
+
+    async def _submit(self, job: Callable[[], T]) -> T:
         if self._closed:
             raise RuntimeError("the database is closed")
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name=f"sqlite {self.path.name}", daemon=True)
+            self._thread.start()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._transaction, work, write)
+        done: asyncio.Future[T] = loop.create_future()
+        self._calls.put((loop, done, job))
+        return await done
+
+    def _serve(self) -> None:
+        while (call := self._calls.get()) is not None:
+            loop, done, job = call
+            try:
+                result = job()
+            except BaseException as exc:  # handed to the caller, whatever it is
+                loop.call_soon_threadsafe(_settle, done, None, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, done, result, None)
 
     def _transaction(self, work: Callable[[Connection], T], write: bool) -> T:
         connection = self._connect()
@@ -139,16 +165,28 @@ class SqliteEngine:
     async def close(self) -> None:
         if self._closed:
             return
-        self._closed = True
 
         def shut() -> None:
             if self._connection is not None:
                 self._connection.close()  # the last connection checkpoints the WAL into the file
                 self._connection = None
 
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, shut)
-        self._executor.shutdown(wait=True)
+        if self._thread is not None:
+            await self._submit(shut)
+            self._calls.put(None)  # the thread ends once it has taken this
+        self._closed = True
+
+
+_Call = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any]]
+
+
+def _settle(done: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if done.cancelled():
+        return
+    if error is not None:
+        done.set_exception(error)
+    else:
+        done.set_result(result)
 
 
 def backup_file(source: Path, destination: Path) -> None:

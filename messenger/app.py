@@ -349,6 +349,10 @@ async def database_started(container: Container) -> AsyncIterator[None]:
             await container.outbox.sweep()
         yield
     finally:
+        if container.outbox is not None:
+            # Events still on their way to the log would otherwise wait for the next start's sweep.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(container.outbox.settle(), timeout=10)
         if container.redis is not None:
             await container.redis.aclose()
         await container.database.close()
@@ -573,6 +577,15 @@ def create_app(
             yield
 
     app.cleanup_ctx.append(started)
+
+    async def close_sockets(app: web.Application) -> None:
+        # Open websockets are request handlers that end only when their client leaves, so a
+        # graceful shutdown would wait for every client (aiohttp's 60 s). Closing them lets the
+        # clients reconnect (to another node, or to this one restarted) and sync what they missed.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(container.sio.eio.disconnect(), timeout=5)
+
+    app.on_shutdown.append(close_sockets)
     return app
 
 

@@ -3,8 +3,8 @@ while sending, then started again on the same MESSENGER_DATA_DIR, has every ackn
 its seq, the conversation, the delivery, the moderation decision and every event, and carries on
 numbering without a gap. A backup taken while a writer writes restores into a new data dir.
 
-(Attachment bytes across a restart depend on the embedded S3 keeping files on disk; the records are
-checked here.)
+The embedded S3 keeps files on disk too: a released file's bytes are still served after the
+restart, and an upload granted before it is completed after it.
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from tests.e2e.conftest import REPO, RunningService, start_service, stop_service
@@ -77,6 +79,37 @@ async def eventually(check: Any, timeout: float = 10.0) -> Any:  # noqa: ASYNC10
         await asyncio.sleep(0.05)
 
 
+async def download(service: RunningService, user: str, attachment_id: str) -> bytes:
+    request = urllib.request.Request(
+        f"{service.url}/api/v1/attachments/{attachment_id}/download",
+        headers={"Authorization": f"Bearer {service.token(user)}"},
+    )
+    opener = urllib.request.build_opener(NoRedirect)
+    try:
+        opener.open(request, timeout=10)
+    except urllib.error.HTTPError as redirect:
+        assert redirect.code == 302, redirect.code
+        location = redirect.headers["Location"]
+    async with aiohttp.ClientSession() as browser, browser.get(location) as response:
+        assert response.status == 200, await response.text()
+        return await response.read()
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+async def put_granted(grant: dict[str, Any], content: bytes) -> None:
+    upload = grant["upload"]
+    assert upload["method"] == "PUT", upload  # the embedded S3 grants presigned PUTs
+    async with (
+        aiohttp.ClientSession() as browser,
+        browser.put(upload["url"], data=content, headers=upload["headers"]) as response,
+    ):
+        assert response.status == 200, await response.text()
+
+
 async def keep_sending(person: Person, conversation_id: str, acked: list[dict[str, Any]], prefix: str) -> None:
     """Sends one message after another; only what was acknowledged is recorded."""
     n = 0
@@ -122,6 +155,19 @@ async def test_every_acknowledged_write_survives_a_restart(tmp_path: Path, stop_
             "/orders/order-7/deliveries",
             {"conversation_id": cid, "text": "the files", "attachment_ids": [file_id]},
         )
+        # A file released before the stop, and a grant whose upload is finished after the restart.
+        await eventually(
+            lambda: call(service, "seller", "GET", f"/attachments/{file_id}")["status"] in ("clean", "ready"),
+            timeout=20,
+        )
+        later = png(8)
+        granted = call(
+            service,
+            "seller",
+            "POST",
+            "/attachments",
+            {"conversation_id": cid, "filename": "later.png", "size": len(later), "content_type": "image/png"},
+        )
         # Two writers at full speed when the signal lands.
         streams: list[list[dict[str, Any]]] = [[], []]
         writers = [
@@ -130,13 +176,13 @@ async def test_every_acknowledged_write_survives_a_restart(tmp_path: Path, stop_
         ]
         await eventually(lambda: len(streams[0]) + len(streams[1]) >= 40)
         service.process.send_signal(stop_with)
-        # A stopping service keeps serving the connections it has until they close (aiohttp's
-        # graceful shutdown): the clients go away shortly after, as they would when it stops answering.
-        await asyncio.sleep(0.3)
+        # A stopping service closes the websockets it holds instead of waiting for its clients to
+        # leave (aiohttp's graceful shutdown would wait a minute), so it is gone while they are
+        # still connected and sending.
+        await asyncio.to_thread(service.process.wait, 20)
         for person in (buyer, seller):
             await person.close()
         await asyncio.wait_for(asyncio.gather(*writers), timeout=30)
-        await asyncio.to_thread(service.process.wait, 30)
         acked += streams[0] + streams[1]
     finally:
         stop_service(service)
@@ -158,6 +204,15 @@ async def test_every_acknowledged_write_survives_a_restart(tmp_path: Path, stop_
         assert conversation["id"] == cid and conversation["order_id"] == "order-7"
         assert call(again, "seller", "GET", f"/deliveries/{delivery['id']}")["attachment_ids"] == [file_id]
         assert call(again, "seller", "GET", f"/attachments/{file_id}")["filename"] == "logo.png"
+        assert await download(again, "buyer", file_id) == png(7)
+        await put_granted(granted, later)  # the URL was signed before the restart
+        completed = call(again, "seller", "POST", f"/attachments/{granted['attachment']['id']}/complete", {})
+        assert completed["status"] == "uploaded"
+        later_id = granted["attachment"]["id"]
+        await eventually(  # the restarted pipeline scans it and releases it
+            lambda: call(again, "seller", "GET", f"/attachments/{later_id}")["status"] in ("clean", "ready"), timeout=20
+        )
+        assert await download(again, "buyer", later_id) == later
         [audit] = call(again, "mod", "GET", f"/moderation/decisions?target_id={flagged['id']}", moderator=True)[
             "decisions"
         ]
@@ -171,7 +226,8 @@ async def test_every_acknowledged_write_survives_a_restart(tmp_path: Path, stop_
         sent = {e["data"]["message_id"] for e in events if e["type"] == "message.sent"}
         assert {m["id"] for m in acked} | {next_one["id"]} <= sent
         assert any(e["type"] == "moderation.decision" for e in events)
-        assert events[-1]["type"] == "message.sent" and events[-1]["data"]["message_id"] == next_one["id"]
+        position_of = {e["data"]["message_id"]: e["position"] for e in events if e["type"] == "message.sent"}
+        assert position_of[next_one["id"]] > max(position_of[m["id"]] for m in acked)  # the log went on
     finally:
         stop_service(again)
 
@@ -181,6 +237,10 @@ async def test_a_backup_taken_while_writing_restores_into_a_new_data_dir(tmp_pat
     cid = open_conversation(service, "buyer", "seller")
     buyer = await Person(service, "buyer").connect()
     acked: list[dict[str, Any]] = []
+    file_id = await upload(service, "buyer", cid, png(3), "brief.png", "image/png")
+    await eventually(
+        lambda: call(service, "buyer", "GET", f"/attachments/{file_id}")["status"] in ("clean", "ready"), timeout=20
+    )
     writer = asyncio.create_task(keep_sending(buyer, cid, acked, "m"))
     try:
         await eventually(lambda: len(acked) >= 20)
@@ -216,6 +276,7 @@ async def test_a_backup_taken_while_writing_restores_into_a_new_data_dir(tmp_pat
         events = all_events(restored)
         assert [e["position"] for e in events] == list(range(1, len(events) + 1))
         assert {e["data"]["message_id"] for e in events if e["type"] == "message.sent"} == {m["id"] for m in messages}
+        assert await download(restored, "seller", file_id) == png(3)  # the file came back with its bytes
         back = await Person(restored, "buyer").connect()
         after = await back.send(cid, "served from the restored copy", "r1")
         await back.close()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 from config.settings import AuthSettings
 from core.identity import TokenVerifier
@@ -52,3 +54,21 @@ def test_production_on_sqlite_refuses_separate_workers_naming_mongodb_uri() -> N
 def test_a_separate_worker_needs_a_shared_database() -> None:
     result = messenger("worker")
     assert result.returncode == 1 and "MONGODB_URI" in result.stderr
+
+
+def test_backup_copies_the_embedded_database_and_refuses_mongodb(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    served = messenger("backup", str(tmp_path / "nothing-yet"), MESSENGER_DATA_DIR=str(data))
+    assert served.returncode == 1 and "no database at" in served.stderr and "Traceback" not in served.stderr
+    data.mkdir()
+    with sqlite3.connect(data / "messenger.db") as db:
+        db.execute("CREATE TABLE t (a)")
+        db.execute("INSERT INTO t VALUES (42)")
+    done = messenger("backup", str(tmp_path / "copy"), MESSENGER_DATA_DIR=str(data))
+    assert done.returncode == 0 and "backed up messenger.db" in done.stdout, done.stderr
+    with sqlite3.connect(tmp_path / "copy" / "messenger.db") as copy:
+        assert copy.execute("SELECT a FROM t").fetchall() == [(42,)]
+    again = messenger("backup", str(tmp_path / "copy"), MESSENGER_DATA_DIR=str(data))
+    assert again.returncode == 1 and "not empty" in again.stderr
+    mongo = messenger("backup", str(tmp_path / "other"), MONGODB_URI="mongodb://db:27017/?replicaSet=rs0")
+    assert mongo.returncode == 1 and "mongodump" in mongo.stderr
