@@ -14,6 +14,7 @@ from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from chat.model import Conversation, Message, MessageKind, Review, Role
+from chat.search import WORD, visible_text
 from chat.store import MAX_CHANGED_PER_SYNC, ClientIdTaken, SeqTaken
 from core.clock import epoch_ms
 from core.events import Event
@@ -21,6 +22,10 @@ from core.ids import new_id
 from core.mongo import NO_OUTBOX, OUTBOX_FIELD, Doc, Outbox, aware, duplicate_key_fields, event_doc, with_outbox
 
 MESSAGES = "messages"
+SEARCH = "message_search"
+# Candidates scored per search: enough for any person's matches of a multi-word query.
+SEARCH_CANDIDATES = 2000
+MAX_INDEXED_WORDS = 2000
 
 
 def conversation_from_doc(doc: Mapping[str, Any]) -> Conversation:
@@ -189,6 +194,8 @@ class MongoConversationStore:
 class MongoMessageStore:
     def __init__(self, db: Any, outbox: Outbox) -> None:
         self._messages = db[MESSAGES]
+        self._conversations = db["conversations"]
+        self._search = db[SEARCH]
         self._outbox = outbox
         outbox.serve(MESSAGES)
 
@@ -205,6 +212,51 @@ class MongoMessageStore:
         await m.create_index(
             [("conversation_id", ASCENDING), ("updated_seq", ASCENDING)], name="conversation_updated_seq"
         )
+        # One document per message and participant holding only the words that participant may see;
+        # a multikey index on them answers "all these words" on a replica set and in process alike.
+        await self._search.create_index([("viewer_id", ASCENDING), ("words", ASCENDING)], name="viewer_words")
+
+    async def _index(self, message: Message, *, fresh: bool = False) -> None:
+        if not fresh:  # a new message has nothing indexed yet
+            await self._search.delete_many({"message_id": message.id})
+        pair = await self._conversations.find_one({"_id": message.conversation_id}, {"buyer_id": 1, "seller_id": 1})
+        if pair is None:
+            return
+        recipient = pair["seller_id"] if message.sender_id == pair["buyer_id"] else pair["buyer_id"]
+        for slot, viewer in ((0, message.sender_id), (1, recipient)):
+            text = visible_text(message, viewer)
+            if text:
+                words = [w.casefold() for w in WORD.findall(text)][:MAX_INDEXED_WORDS]
+                await self._search.insert_one(
+                    {
+                        "_id": f"{message.id}:{slot}",
+                        "message_id": message.id,
+                        "conversation_id": message.conversation_id,
+                        "viewer_id": viewer,
+                        "words": words,
+                        "created_ms": message.created_ms,
+                    }
+                )
+
+    async def search(
+        self, viewer_id: str, terms: Sequence[str], *, conversation_id: str | None, limit: int, offset: int = 0
+    ) -> list[Message]:
+        if not terms:
+            return []
+        query: Doc = {"viewer_id": viewer_id, "words": {"$all": list(terms)}}
+        if conversation_id is not None:
+            query["conversation_id"] = conversation_id
+        cursor = self._search.find(query).sort("created_ms", DESCENDING).limit(SEARCH_CANDIDATES)
+        scored = []
+        async for doc in cursor:
+            words = doc["words"]
+            # Term frequency over length, as bm25 does in spirit: the densest match first, then the newest.
+            score = sum(words.count(t) for t in terms) / (len(words) + 5)
+            scored.append((-score, -int(doc["created_ms"]), doc["message_id"]))
+        scored.sort()
+        ids = [message_id for _, _, message_id in scored[offset : offset + limit]]
+        by_id = {m.id: m for m in await self.get_many(ids)} if ids else {}
+        return [by_id[i] for i in ids if i in by_id]
 
     async def get(self, message_id: str) -> Message | None:
         doc = await self._messages.find_one({"_id": message_id}, NO_OUTBOX)
@@ -233,6 +285,7 @@ class MongoMessageStore:
             raise SeqTaken(message.seq) from None
         # The events are durable in the message document: moved to the log off the send path.
         self._outbox.move_soon(MESSAGES, message.id, events)
+        await self._index(message, fresh=True)
 
     async def save_change(self, message: Message, events: Sequence[Event]) -> Message | None:
         doc = await self._messages.find_one_and_update(
@@ -244,7 +297,9 @@ class MongoMessageStore:
         if doc is None:
             return None
         await self._outbox.flush(MESSAGES, message.id)
-        return message_from_doc(doc)
+        stored = message_from_doc(doc)
+        await self._index(stored)
+        return stored
 
     async def page(
         self, conversation_id: str, *, after_seq: int | None, before_seq: int | None, limit: int

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from chat.model import Conversation, Message
 from core.errors import Code, InvalidInput
 from core.views import View
 
@@ -38,4 +39,42 @@ class NoAttachments:
         return {}
 
     async def withdraw(self, attachment_ids: Sequence[str], reason: str) -> None:
+        return None
+
+
+class InboxHooks(Protocol):
+    """What the inbox part (names, stars, archive, blocks) adds to chat, without chat knowing its stores."""
+
+    async def describe(self, viewer_id: str, conversations: Sequence[Conversation]) -> dict[str, View]:
+        """Fields the viewer alone sees on each conversation (counterpart, starred, ...), by conversation id."""
+        ...
+
+    async def check_can_send(self, conversation: Conversation, sender_id: str) -> None:
+        """Raise (`blocked`) when either participant blocks the other."""
+
+    async def message_arrived(self, conversation: Conversation, message: Message) -> None:
+        """A message was stored: the recipient's archive gives the conversation back, their reminder starts."""
+
+    async def conversation_read(self, conversation: Conversation, user_id: str, seq: int) -> None: ...
+
+    async def seen(self, user_id: str, name: str | None) -> None:
+        """A user signed in with a token carrying this display name."""
+
+
+class NoInbox:
+    """Used when the inbox part is not wired in: conversations carry no per-user state."""
+
+    async def describe(self, viewer_id: str, conversations: Sequence[Conversation]) -> dict[str, View]:
+        return {}
+
+    async def check_can_send(self, conversation: Conversation, sender_id: str) -> None:
+        return None
+
+    async def message_arrived(self, conversation: Conversation, message: Message) -> None:
+        return None
+
+    async def conversation_read(self, conversation: Conversation, user_id: str, seq: int) -> None:
+        return None
+
+    async def seen(self, user_id: str, name: str | None) -> None:
         return None

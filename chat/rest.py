@@ -6,7 +6,7 @@ from aiohttp import web
 
 from chat.commands import MarkRead, MarkReadBody, OpenConversation, SendMessage, SendMessageBody
 from chat.service import ChatService
-from core.answers import Conversation, ConversationPage, EventPage, Message, MessagePage
+from core.answers import Conversation, EventPage, Message, MessagePage
 from core.commands import parse
 from core.errors import Code, Forbidden
 from core.events import EventLog
@@ -33,17 +33,6 @@ class ChatRoutes:
                 answer=Conversation,
                 status=201,
                 errors=("not_a_participant", "same_buyer_and_seller"),
-            )
-        )
-        add(
-            Route(
-                "GET",
-                "/conversations",
-                self.list_conversations,
-                "the caller's conversations, newest activity first",
-                answer=ConversationPage,
-                query={"limit": bounded(1, 100), "cursor": "string"},
-                errors=("invalid_cursor",),
             )
         )
         add(
@@ -86,6 +75,7 @@ class ChatRoutes:
                     "attachment_not_attachable",
                     "attachment_already_sent",
                     "rate_limited",
+                    "blocked",
                 ),
             )
         )
@@ -109,13 +99,6 @@ class ChatRoutes:
             identity(request), command.buyer_id, command.seller_id, command.order_id
         )
         return ok(view, status=201 if created else 200)
-
-    async def list_conversations(self, request: web.Request) -> web.Response:
-        limit = query_int(request, "limit", 20, minimum=1, maximum=100) or 20
-        views, next_cursor = await self._chat.list_conversations(
-            identity(request), limit=limit, cursor=request.query.get("cursor")
-        )
-        return ok({"conversations": views, "next_cursor": next_cursor})
 
     async def get_conversation(self, request: web.Request) -> web.Response:
         return ok(await self._chat.get_conversation(identity(request), request.match_info["conversation_id"]))

@@ -17,9 +17,10 @@ from chat.contact_filter import ContactFinding, find_contacts, mask_contacts
 from chat.locks import ConversationLocks, LocalLocks
 from chat.metrics import ChatMetrics
 from chat.model import Conversation, Message, MessageKind, Review
-from chat.ports import AttachmentDirectory
+from chat.ports import AttachmentDirectory, InboxHooks, NoInbox
 from chat.presence import PresenceTracker
 from chat.ratelimit import MinInterval, TokenBuckets
+from chat.search import query_terms, search_terms, visible_text
 from chat.store import ClientIdTaken, ConversationStore, MessageStore, SeqTaken
 from chat.views import conversation_view, message_view
 from config.settings import ChatSettings, ContactPolicy
@@ -65,6 +66,11 @@ class ChatService:
         self._typing_limits = MinInterval(settings.typing_min_interval_seconds)
         self._locks = locks or LocalLocks()
         self._clock = clock or SystemClock()
+        self._inbox: InboxHooks = NoInbox()
+
+    def use_inbox(self, inbox: InboxHooks) -> None:
+        """Wire in the inbox part (built after chat, since it depends on chat)."""
+        self._inbox = inbox
 
     def use_attachments(self, attachments: AttachmentDirectory) -> None:
         """Wire in the attachments part (it is built after chat, since it depends on chat)."""
@@ -89,23 +95,52 @@ class ChatService:
         return await self._conversation_view(conversation, caller.user_id)
 
     async def list_conversations(
-        self, caller: Identity, *, limit: int, cursor: str | None
+        self,
+        caller: Identity,
+        *,
+        limit: int,
+        cursor: str | None,
+        keep: Callable[[View], bool] | None = None,
+        scan_limit: int = 2000,
     ) -> tuple[list[View], str | None]:
+        """The caller's conversations, newest activity first; with `keep`, only the views it keeps.
+
+        A filtered page looks at most `scan_limit` conversations; when it stops early it answers
+        fewer than `limit` with a cursor from where it stopped, so paging always moves on.
+        """
         limit = max(1, min(limit, 100))
         before = decode_cursor(cursor) if cursor else None
-        found = await self._conversations.list_for(caller.user_id, limit=limit + 1, before=before)
-        has_more = len(found) > limit
-        found = found[:limit]
+        batch = limit if keep is None else min(100, limit * 2)
+        views: list[View] = []
+        scanned = 0
+        while True:
+            found = await self._conversations.list_for(caller.user_id, limit=batch + 1, before=before)
+            has_more = len(found) > batch
+            found = found[:batch]
+            for conversation, view in zip(found, await self._views_of(found, caller.user_id), strict=True):
+                scanned += 1
+                before = (conversation.last_activity_ms, conversation.id)
+                if keep is None or keep(view):
+                    views.append(view)
+                if len(views) == limit:
+                    more = has_more or conversation is not found[-1]
+                    return views, encode_cursor(*before) if more else None
+            if not has_more:
+                return views, None
+            if scanned >= scan_limit:
+                return views, encode_cursor(*before) if before else None
+
+    async def _views_of(self, found: Sequence[Conversation], viewer_id: str) -> list[View]:
         last_ids = [c.last_message_id for c in found if c.last_message_id]
         last_messages = {m.id: m for m in await self._messages.get_many(last_ids)} if last_ids else {}
         described = await self._attachments.describe(_attachment_ids(last_messages.values()))
+        own = await self._inbox.describe(viewer_id, found)
         views = []
         for conversation in found:
             last = last_messages.get(conversation.last_message_id or "")
-            last_view = message_view(last, caller.user_id, described) if last else None
-            views.append(conversation_view(conversation, caller.user_id, last_view))
-        next_cursor = encode_cursor(found[-1].last_activity_ms, found[-1].id) if has_more else None
-        return views, next_cursor
+            last_view = message_view(last, viewer_id, described) if last else None
+            views.append({**conversation_view(conversation, viewer_id, last_view), **own.get(conversation.id, {})})
+        return views
 
     async def conversation_for(self, caller: Identity, conversation_id: str) -> Conversation:
         """The conversation if the caller takes part in it; otherwise as if it did not exist."""
@@ -121,7 +156,8 @@ class ChatService:
             if message:
                 described = await self._attachments.describe(message.attachment_ids)
                 last = message_view(message, viewer_id, described)
-        return conversation_view(conversation, viewer_id, last)
+        own = await self._inbox.describe(viewer_id, [conversation])
+        return {**conversation_view(conversation, viewer_id, last), **own.get(conversation.id, {})}
 
     # --- messages ------------------------------------------------------------------------
 
@@ -146,6 +182,7 @@ class ChatService:
             return await self._replayed(existing, conversation_id, caller.user_id)
         # Limited after the idempotency check, so a client retrying a lost ack is never punished.
         self._send_limits.take(caller.user_id, what="messages")
+        await self._inbox.check_can_send(conversation, caller.user_id)
         await self._attachments.check_attachable(caller.user_id, conversation_id, attachment_ids)
         findings = self._contact_findings(text)
 
@@ -166,6 +203,7 @@ class ChatService:
                 await self._attachments.link_to_message(attachment_ids, message.id)
             described = await self._attachments.describe(attachment_ids)
             await self._fan_out("message:new", message, conversation.participants, described)
+        await self._inbox.message_arrived(conversation, message)
 
         self._metrics.messages_sent.labels(kind=str(kind)).inc()
         if findings:
@@ -394,6 +432,7 @@ class ChatService:
     async def mark_read(self, caller: Identity, conversation_id: str, seq: int) -> None:
         conversation = await self.conversation_for(caller, conversation_id)
         seq = min(seq, conversation.last_seq)
+        await self._inbox.conversation_read(conversation, caller.user_id, seq)
         if seq <= 0:
             return
         if await self._conversations.advance_read(conversation_id, conversation.role_of(caller.user_id), seq):
@@ -414,9 +453,61 @@ class ChatService:
             [conversation.other(caller.user_id)],
         )
 
+    async def unread_count(self, conversation_id: str, user_id: str) -> int:
+        """How many messages the participant has not read (0 for anyone else); for reminders."""
+        conversation = await self._conversations.get(conversation_id)
+        if conversation is None or user_id not in conversation.participants:
+            return 0
+        return max(0, conversation.last_seq - conversation.read_seq_of(user_id))
+
+    async def participants(self, conversation_id: str) -> tuple[str, str] | None:
+        """(buyer, seller) of a conversation, for read models built from events."""
+        conversation = await self._conversations.get(conversation_id)
+        return conversation.participants if conversation else None
+
+    async def ensure_can_send(self, caller: Identity, conversation: Conversation) -> None:
+        """Raise (`blocked`) unless the caller may add to this conversation (from conversation_for) now.
+
+        Uploads ask before they start, so a blocked side cannot even put a file in the bucket."""
+        await self._inbox.check_can_send(conversation, caller.user_id)
+
+    async def search(
+        self, caller: Identity, query: str, *, conversation_id: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[View], str | None]:
+        """The caller's messages matching every word of `query`, best match first.
+
+        The index holds, per participant, only what that participant may see; each hit is checked
+        again against the message as stored, so a stale index entry cannot leak text either.
+        """
+        terms = query_terms(query)
+        if not terms:
+            raise InvalidInput("q must contain a word to search for", code=Code.INVALID_QUERY, field="q")
+        if conversation_id is not None:
+            await self.conversation_for(caller, conversation_id)
+        limit = max(1, min(limit, 50))
+        offset = _offset_cursor(cursor)
+        hits = await self._messages.search(
+            caller.user_id, terms, conversation_id=conversation_id, limit=limit + 1, offset=offset
+        )
+        has_more = len(hits) > limit
+        found = [m for m in hits[:limit] if set(terms) <= set(search_terms(visible_text(m, caller.user_id) or ""))]
+        conversations = {m.conversation_id for m in found}
+        mine = set()
+        for conversation_id_ in conversations:
+            found_conversation = await self._conversations.get(conversation_id_)
+            if found_conversation is not None and caller.user_id in found_conversation.participants:
+                mine.add(conversation_id_)
+        found = [m for m in found if m.conversation_id in mine]
+        described = await self._attachments.describe(_attachment_ids(found))
+        results = [
+            {"message": message_view(m, caller.user_id, described), "conversation_id": m.conversation_id} for m in found
+        ]
+        return results, (str(offset + limit) if has_more else None)
+
     # --- presence ------------------------------------------------------------------------
 
     async def session_opened(self, user: Identity) -> None:
+        await self._inbox.seen(user.user_id, user.name)
         if await self._presence.connected(user.user_id):
             await self._announce_presence(user.user_id)
 
@@ -479,6 +570,14 @@ def _sent_data(message: Message, conversation: Conversation) -> dict[str, Any]:
         "flagged": message.flagged,
         "created_at": iso(message.created_at),
     }
+
+
+def _offset_cursor(cursor: str | None) -> int:
+    if not cursor:
+        return 0
+    if not cursor.isdigit() or len(cursor) > 6:
+        raise InvalidInput("the cursor is not valid", code=Code.INVALID_CURSOR)
+    return int(cursor)
 
 
 def _attachment_ids(messages: Any) -> list[str]:

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from chat.model import Conversation, Message, Role
+from chat.search import conversation_key, viewer_key, visible_text
 from chat.store import MAX_CHANGED_PER_SYNC, ClientIdTaken, SeqTaken
 from core.events import Event
 from core.ids import new_id
@@ -39,7 +40,14 @@ SCHEMA: list[list[str]] = [
         # Only changed messages (an edit or a delete takes a later updated_seq): a sync finds the
         # few changed since its seq without walking every newer message.
         "CREATE INDEX messages_changed ON messages (conversation_id, updated_seq) WHERE updated_seq > seq",
-    ]
+    ],
+    # Full-text search. Row 2*m is what the sender of message rowid m sees, 2*m+1 what the recipient
+    # sees; `keys` holds the viewer's and the conversation's tokens (chat/search.py), so a search
+    # intersects the viewer's posting list with the words' instead of filtering every match.
+    [
+        "CREATE VIRTUAL TABLE message_search USING fts5(keys, body, tokenize='unicode61 remove_diacritics 2')",
+        "CREATE TABLE message_search_state (backfilled INTEGER NOT NULL)",
+    ],
 ]
 
 CONVERSATION_COLUMNS = (
@@ -172,7 +180,7 @@ class SqliteConversationStore:
 
 
 def _insert_message(c: Connection, message: Message) -> None:
-    c.execute(
+    inserted = c.execute(
         "INSERT INTO messages (id, conversation_id, seq, sender_id, client_id, updated_seq, deleted, body)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (
@@ -186,6 +194,39 @@ def _insert_message(c: Connection, message: Message) -> None:
             MESSAGE.dumps(message),
         ),
     )
+    _index_message(c, message, inserted.lastrowid)
+
+
+def _index_message(c: Connection, message: Message, rowid: int | None = None) -> None:
+    """Write what each participant may find of the message (nothing when deleted or held from them)."""
+    if rowid is None:
+        found = c.execute("SELECT rowid FROM messages WHERE id = ?", (message.id,)).fetchone()
+        if found is None:
+            return
+        rowid = int(found[0])
+    c.execute("DELETE FROM message_search WHERE rowid IN (?, ?)", (rowid * 2, rowid * 2 + 1))
+    pair = c.execute(
+        "SELECT buyer_id, seller_id FROM conversations WHERE id = ?", (message.conversation_id,)
+    ).fetchone()
+    if pair is None:
+        return
+    recipient = pair[1] if message.sender_id == pair[0] else pair[0]
+    for slot, viewer in ((0, message.sender_id), (1, recipient)):
+        text = visible_text(message, viewer)
+        if text:
+            c.execute(
+                "INSERT INTO message_search (rowid, keys, body) VALUES (?, ?, ?)",
+                (rowid * 2 + slot, f"{viewer_key(viewer)} {conversation_key(message.conversation_id)}", text),
+            )
+
+
+def _backfill_search(c: Connection) -> None:
+    """Index messages stored before the index existed (once)."""
+    if c.execute("SELECT 1 FROM message_search_state").fetchone():
+        return
+    for rowid, body in c.execute("SELECT rowid, body FROM messages").fetchall():
+        _index_message(c, MESSAGE.loads(body), int(rowid))
+    c.execute("INSERT INTO message_search_state VALUES (1)")
 
 
 class SqliteMessageStore:
@@ -194,6 +235,7 @@ class SqliteMessageStore:
 
     async def ensure_schema(self) -> None:
         await self._engine.migrate("chat", SCHEMA)
+        await self._engine.run(_backfill_search)
 
     async def get(self, message_id: str) -> Message | None:
         def get(c: Connection) -> Message | None:
@@ -256,10 +298,35 @@ class SqliteMessageStore:
                 "UPDATE messages SET updated_seq = ?, deleted = ?, body = ? WHERE id = ?",
                 (stored.updated_seq, int(stored.deleted), MESSAGE.dumps(stored), stored.id),
             )
+            _index_message(c, stored)
             append_events(c, events)
             return stored
 
         return await self._engine.run(save)
+
+    async def search(
+        self, viewer_id: str, terms: Sequence[str], *, conversation_id: str | None, limit: int, offset: int = 0
+    ) -> list[Message]:
+        if not terms:
+            return []
+        keys = f"keys : {viewer_key(viewer_id)}"
+        if conversation_id is not None:
+            keys += f" AND keys : {conversation_key(conversation_id)}"
+        # Every term quoted: a user's query is words to find, never FTS5 syntax.
+        words = " AND ".join('"' + t.replace('"', '""') + '"' for t in terms)
+        match = f"{keys} AND body : ({words})"
+
+        def search(c: Connection) -> list[Message]:
+            # Ranked inside the index first, so only the page's messages are read from `messages`.
+            rows = c.execute(
+                "SELECT m.body FROM (SELECT rowid, bm25(message_search, 0.0, 1.0) AS score FROM message_search"
+                " WHERE message_search MATCH ? ORDER BY score, rowid DESC LIMIT ? OFFSET ?) s"
+                " JOIN messages m ON m.rowid = s.rowid / 2 ORDER BY s.score, s.rowid DESC",
+                (match, limit, offset),
+            )
+            return [MESSAGE.loads(r[0]) for r in rows]
+
+        return await self._engine.run(search, write=False)
 
     async def page(
         self, conversation_id: str, *, after_seq: int | None, before_seq: int | None, limit: int

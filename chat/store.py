@@ -74,6 +74,16 @@ class MessageStore(Protocol):
         """Write the message's changeable fields with its events, unless the stored one is deleted (then None)."""
         ...
 
+    async def search(
+        self, viewer_id: str, terms: Sequence[str], *, conversation_id: str | None, limit: int, offset: int = 0
+    ) -> list[Message]:
+        """Messages holding every term in the text `viewer_id` may see (chat/search.py), best match first.
+
+        The index is kept in step with every insert and change: deleted and held text, and the
+        unmasked text of a masked message, are never in the recipient's index.
+        """
+        ...
+
     async def page(
         self, conversation_id: str, *, after_seq: int | None, before_seq: int | None, limit: int
     ) -> tuple[list[Message], bool]:

@@ -94,6 +94,17 @@ class ChatSettings(_Section):
     history_page_max: int = Field(default=200, ge=1, le=1000)
 
 
+class InboxSettings(_Section):
+    model_config = SettingsConfigDict(env_prefix="INBOX_", extra="ignore", frozen=True)
+    # How long a message may stay unread before `conversation.unread_reminder` (once per unread streak).
+    unread_reminder_delay_seconds: float = Field(default=900.0, gt=0)
+    # How often due reminders are looked for (so, roughly, how late one can be).
+    reminder_poll_seconds: float = Field(default=15.0, gt=0)
+    # The responsiveness read model's window, and what counts as an answer in time.
+    response_window_days: int = Field(default=30, ge=1, le=365)
+    response_deadline_hours: float = Field(default=24.0, gt=0)
+
+
 class RedisSettings(_Section):
     model_config = SettingsConfigDict(env_prefix="REDIS_", extra="ignore", frozen=True)
     url: str | None = None  # set it to run several service nodes that share Socket.IO rooms
@@ -191,6 +202,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "mongo": MongoSettings,
     "sqlite": SqliteSettings,
     "chat": ChatSettings,
+    "inbox": InboxSettings,
     "redis": RedisSettings,
     "s3": S3Settings,
     "attachments": AttachmentSettings,
@@ -208,6 +220,7 @@ class Settings:
     mongo: MongoSettings = field(default_factory=MongoSettings)
     sqlite: SqliteSettings = field(default_factory=SqliteSettings)
     chat: ChatSettings = field(default_factory=ChatSettings)
+    inbox: InboxSettings = field(default_factory=InboxSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
     s3: S3Settings = field(default_factory=S3Settings)
     attachments: AttachmentSettings = field(default_factory=AttachmentSettings)

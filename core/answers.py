@@ -93,6 +93,11 @@ class Message(Answer):
     contacts_masked: bool = False
 
 
+class Counterpart(Answer):
+    id: str
+    name: str | None
+
+
 class Conversation(Answer):
     id: str
     buyer_id: str
@@ -103,11 +108,50 @@ class Conversation(Answer):
     last_message: Message | None
     unread_count: int
     read_seq: dict[str, int]
+    # The caller's own (contract 1.1): the other side never sees them.
+    counterpart: Counterpart
+    starred: bool
+    archived: bool
+    labels: list[str]
 
 
 class ConversationPage(Answer):
     conversations: list[Conversation]
     next_cursor: str | None
+
+
+class SearchResult(Answer):
+    message: Message
+    conversation_id: str
+
+
+class SearchPage(Answer):
+    results: list[SearchResult]
+    next_cursor: str | None
+
+
+class User(Answer):
+    id: str
+    name: str | None
+    online: bool
+    last_seen: str | None
+
+
+class ResponseStats(Answer):
+    user_id: str
+    first_response_seconds_median: float | None
+    response_rate: float | None
+    window_days: int
+    conversations: int
+
+
+class Block(Answer):
+    user_id: str
+    created_at: str
+
+
+class BlockList(Answer):
+    blocks: list[Block]
 
 
 class MessagePage(Answer):

@@ -98,8 +98,13 @@ def body_limit_middleware(max_bytes: int) -> Middleware:
     return limit
 
 
-def auth_middleware(verifier: TokenVerifier) -> Middleware:
-    """Every /api/v1 request must carry a valid bearer token; only the API's own description is public."""
+def auth_middleware(
+    verifier: TokenVerifier, seen: Callable[[str, str | None], Awaitable[None]] | None = None
+) -> Middleware:
+    """Every /api/v1 request must carry a valid bearer token; only the API's own description is public.
+
+    `seen` learns each caller's display name (the token's `name` claim).
+    """
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -108,7 +113,10 @@ def auth_middleware(verifier: TokenVerifier) -> Middleware:
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 raise Unauthenticated("send Authorization: Bearer <token>", code=Code.TOKEN_MISSING)
-            request[IDENTITY] = verifier.verify(token.strip())
+            caller = verifier.verify(token.strip())
+            request[IDENTITY] = caller
+            if seen is not None:
+                await seen(caller.user_id, caller.name)
         return await handler(request)
 
     return authenticate
@@ -130,7 +138,8 @@ def cors_middleware(allowed_origins: list[str]) -> Middleware:
         headers = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             headers |= {
-                "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                # PATCH and DELETE: the inbox routes (PATCH /conversations/{id}, DELETE /blocks/{id}).
+                "Access-Control-Allow-Methods": "GET, POST, PATCH, DELETE, OPTIONS",
                 "Access-Control-Allow-Headers": "Authorization, Content-Type, X-Request-Id",
                 "Access-Control-Max-Age": "600",
             }

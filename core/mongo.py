@@ -146,6 +146,11 @@ class Outbox:
         if doc:
             await self._move(collection, doc_id, doc.get(OUTBOX_FIELD) or [])
 
+    async def append_now(self, events: Sequence[Event]) -> None:
+        """Events whose document is gone (a deletion): appended directly, after the write."""
+        if events:
+            await self._log.append(list(events))
+
     def move_soon(self, collection: str, doc_id: Any, events: Sequence[Event]) -> None:
         """Move a just-written document's events to the log without making the writer wait.
 

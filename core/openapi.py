@@ -21,10 +21,10 @@ from core.http import API_PREFIX, OPENAPI_PATH, Handler
 # Every code a route can answer, with its HTTP status (docs/api.md, "Error codes", explains each).
 ERROR_STATUS: dict[str, int] = {
     "token_missing": 401, "token_invalid": 401, "token_expired": 401,
-    "moderator_only": 403, "not_a_participant": 403, "not_the_sender": 403, "not_the_uploader": 403,
+    "moderator_only": 403, "blocked": 403, "not_a_participant": 403, "not_the_sender": 403, "not_the_uploader": 403,
     "not_the_seller": 403, "not_the_buyer": 403,
     "not_found": 404, "conversation_not_found": 404, "message_not_found": 404, "attachment_not_found": 404,
-    "delivery_not_found": 404, "order_not_found": 404,
+    "delivery_not_found": 404, "order_not_found": 404, "user_not_found": 404,
     "client_id_reused": 409, "message_deleted": 409, "message_not_editable": 409,
     "attachment_not_attachable": 409, "attachment_already_sent": 409, "attachment_not_ready": 409,
     "attachment_rejected": 409, "upload_missing": 409, "upload_incomplete": 409, "part_mismatch": 409,
@@ -35,7 +35,7 @@ ERROR_STATUS: dict[str, int] = {
     "invalid_cursor": 422, "same_buyer_and_seller": 422, "text_empty": 422, "too_many_attachments": 422,
     "invalid_filename": 422, "invalid_content_type": 422, "type_not_allowed": 422, "file_empty": 422,
     "size_mismatch": 422, "content_mismatch": 422, "delivery_without_files": 422, "reason_required": 422,
-    "note_required": 422, "invalid_action": 422,
+    "note_required": 422, "invalid_action": 422, "cannot_block_self": 422,
     "rate_limited": 429, "not_ready": 503,
 }  # fmt: skip
 # Every path parameter is an id, of the shape ids have in bodies (core.commands.Id).

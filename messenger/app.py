@@ -52,6 +52,11 @@ from core.mongo import Outbox
 from core.notify import Notifier
 from core.openapi import Route, RouteTable
 from core.sockets import SocketServer, engineio_protocol_errors, without_websocket_compression
+from inbox.reminders import UnreadReminders
+from inbox.responsiveness import ResponseStats
+from inbox.rest import InboxRoutes
+from inbox.service import InboxService
+from inbox.store import InboxStore, ReminderStore, ResponseStatsStore
 from messenger import __version__
 from messenger.data_dir import data_dir_claimed
 from messenger.database import Database, Stores, open_stores
@@ -115,6 +120,12 @@ class Container:
     moderation: ModerationService
     moderation_store: ModerationStore
     moderation_queue: ModerationQueue
+    inbox_store: InboxStore
+    inbox: InboxService
+    reminder_store: ReminderStore
+    reminders: UnreadReminders
+    response_stats_store: ResponseStatsStore
+    response_stats: ResponseStats
     previews: PreviewRenderer
     notifier: Notifier
     pipeline_metrics: PipelineMetrics
@@ -247,6 +258,11 @@ def build_container(
     attachment_store: AttachmentStore = stores.attachments
     attachments = AttachmentService(settings.attachments, attachment_store, storage, chat, reactions, notifier, clock)
     chat.use_attachments(attachments)
+    inbox_store: InboxStore = stores.inbox
+    reminders = UnreadReminders(settings.inbox, stores.reminders, chat, clock)
+    response_stats = ResponseStats(settings.inbox, stores.response_stats, events, chat, clock)
+    inbox = InboxService(inbox_store, chat, clock, reminders)
+    chat.use_inbox(inbox)
     delivery_store: DeliveryStore = stores.deliveries
     deliveries = DeliveryService(delivery_store, chat, attachments, reactions, notifier, clock)
     moderation_store: ModerationStore = stores.moderation
@@ -301,6 +317,12 @@ def build_container(
         moderation=moderation,
         moderation_store=moderation_store,
         moderation_queue=moderation_queue,
+        inbox_store=inbox_store,
+        inbox=inbox,
+        reminder_store=stores.reminders,
+        reminders=reminders,
+        response_stats_store=stores.response_stats,
+        response_stats=response_stats,
         previews=previews,
         notifier=notifier,
         pipeline_metrics=PipelineMetrics(registry),
@@ -413,6 +435,8 @@ async def loops_started(container: Container, *, pipeline: bool, housekeeping: b
     if housekeeping:
         spawn("housekeeping", lambda: housekeeping_forever(container))
         spawn("moderation-queue", container.moderation_queue.run_forever)
+        spawn("unread-reminders", container.reminders.run_forever)
+        spawn("response-stats", container.response_stats.run_forever)
     if pipeline:
         worker = container.pipeline()
 
@@ -454,6 +478,9 @@ async def ensure_schemas(container: Container) -> None:
         container.attachment_store,
         container.delivery_store,
         container.moderation_store,
+        container.inbox_store,
+        container.reminder_store,
+        container.response_stats_store,
     ):
         await store.ensure_schema()
 
@@ -513,7 +540,7 @@ def create_app(
         errors_middleware,
         engineio_protocol_errors,
         body_limit_middleware(MAX_REST_BODY),
-        auth_middleware(container.verifier),
+        auth_middleware(container.verifier, seen=container.inbox.seen),
     ]
     if not settings.runtime.websocket_compression:
         middlewares.insert(0, without_websocket_compression)
@@ -525,6 +552,7 @@ def create_app(
     AttachmentRoutes(container.attachments).register(routes)
     DeliveryRoutes(container.deliveries).register(routes)
     ModerationRoutes(container.moderation).register(routes)
+    InboxRoutes(container.inbox, container.response_stats).register(routes)
     routes.add(Route("GET", "/healthz", healthz, "the process is alive", answer=Health, public=True))
     routes.add(Route("GET", "/readyz", readyz, "MongoDB, S3 and clamd reachable", answer=Readiness, public=True,
                      errors=("not_ready",)))  # fmt: skip

@@ -21,6 +21,7 @@ from config.settings import Settings
 from core.events import EventLog
 from core.mongo import Outbox
 from core.sqlite import SqliteEngine
+from inbox.store import InboxStore, ReminderStore, ResponseStatsStore
 from workers.relay_store import RelayCheckpoints
 
 DATABASE_FILE = "messenger.db"
@@ -80,6 +81,9 @@ class Stores:
     deliveries: DeliveryStore
     moderation: ModerationStore
     relay_checkpoints: RelayCheckpoints
+    inbox: InboxStore
+    reminders: ReminderStore
+    response_stats: ResponseStatsStore
     outbox: Outbox | None = None
 
 
@@ -106,6 +110,7 @@ def sqlite_stores(engine: SqliteEngine) -> Stores:
     from attachments.moderation.sqlite import SqliteModerationStore
     from chat.sqlite import SqliteConversationStore, SqliteMessageStore
     from core.sqlite import SqliteEventLog
+    from inbox.sqlite import SqliteInboxStore, SqliteReminderStore, SqliteResponseStatsStore
     from workers.sqlite import SqliteRelayCheckpoints
 
     durability = "power loss" if engine.synchronous == "FULL" else "a crash; SQLITE_SYNCHRONOUS=FULL: power loss"
@@ -118,6 +123,9 @@ def sqlite_stores(engine: SqliteEngine) -> Stores:
         deliveries=SqliteDeliveryStore(engine),
         moderation=SqliteModerationStore(engine),
         relay_checkpoints=SqliteRelayCheckpoints(engine),
+        inbox=SqliteInboxStore(engine),
+        reminders=SqliteReminderStore(engine),
+        response_stats=SqliteResponseStatsStore(engine),
     )
 
 
@@ -128,6 +136,7 @@ def mongo_stores(client: Any, database: str, description: str, *, embedded: bool
     from attachments.moderation.mongo import MongoModerationStore
     from chat.mongo import MongoConversationStore, MongoMessageStore
     from core.mongo import MongoEventLog
+    from inbox.mongo import MongoInboxStore, MongoReminderStore, MongoResponseStatsStore
     from workers.mongo import MongoRelayCheckpoints
 
     db = client[database]
@@ -142,5 +151,8 @@ def mongo_stores(client: Any, database: str, description: str, *, embedded: bool
         deliveries=MongoDeliveryStore(db, outbox),
         moderation=MongoModerationStore(db, outbox),
         relay_checkpoints=MongoRelayCheckpoints(db),
+        inbox=MongoInboxStore(db, outbox),
+        reminders=MongoReminderStore(db, outbox),
+        response_stats=MongoResponseStatsStore(db),
         outbox=outbox,
     )

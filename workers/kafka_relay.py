@@ -53,6 +53,8 @@ TOPIC_SUFFIXES: Mapping[str, str] = {
     "attachment": "attachments",
     "order": "orders",
     "moderation": "moderation",
+    "user": "users",
+    "conversation": "conversations",
 }
 OTHER_TOPIC_SUFFIX = "other"
 

@@ -52,6 +52,7 @@ class AttachmentRoutes:
                     "type_not_allowed",
                     "file_empty",
                     "file_too_large",
+                    "blocked",
                 ),
             )
         )

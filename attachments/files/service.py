@@ -125,6 +125,7 @@ class AttachmentService:
         self, caller: Identity, conversation_id: str, *, filename: str, size: int, content_type: str
     ) -> View:
         conversation = await self._chat.conversation_for(caller, conversation_id)
+        await self._chat.ensure_can_send(caller, conversation)  # `blocked` while either side blocks the other
         filename = checked_filename(filename)
         content_type = self._checked_type(content_type, filename)
         self._check_size(size)

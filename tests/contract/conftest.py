@@ -62,6 +62,9 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         opened.attachments,
         opened.deliveries,
         opened.moderation,
+        opened.inbox,
+        opened.reminders,
+        opened.response_stats,
     ):
         await store.ensure_schema()
     yield opened

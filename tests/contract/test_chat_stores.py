@@ -185,3 +185,43 @@ async def test_history_pages_go_back_from_the_newest(stores: Stores) -> None:
     oldest, more = await stores.messages.page(c.id, after_seq=None, before_seq=2, limit=3)
     assert [m.seq for m in oldest] == [1] and not more
     assert await stores.messages.page("none", after_seq=None, before_seq=None, limit=3) == ([], False)
+
+
+# --- search --------------------------------------------------------------------------------------
+
+
+def texted(conversation_id: str, seq: int, text: str, *, sender: str = "alice", **fields: object) -> Message:
+    return replace(message(conversation_id, seq, sender=sender), text=text, **fields)  # type: ignore[arg-type]
+
+
+async def test_search_holds_for_each_participant_only_what_they_may_see(stores: Stores) -> None:
+    c = await conversation(stores)
+    other, _ = await stores.conversations.get_or_create("carol", "bob", None, now=T0)
+    plain = texted(c.id, 1, "the logo draft is ready")
+    dense = texted(c.id, 2, "logo logo logo", sender="bob")
+    masked = texted(c.id, 3, "call 415 555 0100 for the logo", masked_text="call [phone removed] for the logo")
+    held = texted(c.id, 4, "my mail is a@b.example, logo attached", held=True)
+    carols = texted(other.id, 1, "carol's logo", sender="carol")
+    for m in (plain, dense, masked, held, carols):
+        await stores.messages.insert(m, [])
+
+    async def ids(viewer: str, *terms: str, conversation_id: str | None = None) -> list[str]:
+        found = await stores.messages.search(viewer, list(terms), conversation_id=conversation_id, limit=10)
+        return [m.id for m in found]
+
+    bobs = await ids("bob", "logo")
+    assert bobs[0] == dense.id and set(bobs) == {plain.id, dense.id, masked.id, carols.id}
+    assert set(await ids("alice", "logo")) == {plain.id, dense.id, masked.id, held.id}
+    assert await ids("carol", "logo") == [carols.id]
+    assert await ids("bob", "logo", conversation_id=other.id) == [carols.id]
+    assert await ids("bob", "415") == [] and await ids("alice", "415") == [masked.id]
+    assert await ids("bob", "logo", "draft") == [plain.id]
+    assert await ids("mallory", "logo") == []
+    page = await stores.messages.search("bob", ["logo"], conversation_id=None, limit=2, offset=2)
+    assert {m.id for m in page} | set(bobs[:2]) == set(bobs)
+
+    # A change re-indexes: a release shows the held text, a deletion takes it away from both.
+    await stores.messages.save_change(replace(held, held=False, updated_seq=5), [])
+    assert held.id in await ids("bob", "attached")
+    await stores.messages.save_change(replace(plain, text="", deleted=True, updated_seq=6), [])
+    assert await ids("alice", "draft") == [] and await ids("bob", "draft") == []

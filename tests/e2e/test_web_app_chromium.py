@@ -491,3 +491,71 @@ def test_the_moderation_console_is_served_with_the_strict_policy(service: Runnin
     assert "script-src 'self'" in headers["content-security-policy"]
     assert headers["x-frame-options"] == "DENY"
     assert shutil.which("chromium") or Path("/usr/bin/chromium").is_file()
+
+
+def test_star_archive_filters_and_search_work_against_the_server(
+    service: RunningService,
+    browser: Any,  # noqa: F811
+) -> None:
+    run = uuid.uuid4().hex[:6]
+    buyer_id, first_seller, second_seller = f"buyer-{run}", f"seller-a-{run}", f"seller-b-{run}"
+    # Two conversations, each with a message from its seller (set up over REST, as another device would).
+    for seller_id, text in ((first_seller, f"the pastel logo {run}"), (second_seller, f"the bold banner {run}")):
+        opened = rest(service, buyer_id, "POST", "/conversations", {"buyer_id": buyer_id, "seller_id": seller_id})
+        rest(service, seller_id, "POST", f"/conversations/{opened['id']}/messages", {"client_id": run, "text": text})
+    buyer = Person(browser, service, buyer_id)
+    try:
+        page = buyer.page
+        inbox = page.get_by_role("list", name="Conversations")
+        row = inbox.get_by_role("listitem")
+        row.filter(has_text=first_seller).wait_for()
+        filters = page.get_by_role("group", name="Show conversations")
+        filters.wait_for()  # the server speaks contract 1.1: the inbox tools are shown
+
+        inbox.get_by_role("button", name=re.compile(first_seller)).click()
+        star = page.get_by_role("button", name="Star", exact=True)
+        star.click()
+        page.wait_for_selector("#star[aria-pressed='true']")
+        filters.get_by_role("button", name="Starred").click()
+        row.filter(has_text=second_seller).wait_for(state="detached")
+        assert row.filter(has_text=first_seller).count() == 1
+        assert rest(service, first_seller, "GET", "/conversations")["conversations"][0]["starred"] is False
+
+        filters.get_by_role("button", name="All").click()
+        row.filter(has_text=second_seller).wait_for()
+        inbox.get_by_role("button", name=re.compile(second_seller)).click()
+        page.get_by_role("button", name="Archive", exact=True).click()
+        page.wait_for_selector("#archive[aria-pressed='true']")
+        row.filter(has_text=second_seller).wait_for(state="detached")  # All leaves the archive out
+        filters.get_by_role("button", name="Archived").click()
+        row.filter(has_text=second_seller).wait_for()
+        assert row.filter(has_text=first_seller).count() == 0
+
+        page.get_by_role("search").get_by_label("Search messages").fill("pastel logo")
+        page.get_by_role("search").get_by_role("button", name="Search").click()
+        results = page.locator("#search-list li")
+        results.filter(has_text=f"the pastel logo {run}").wait_for()
+        assert results.count() == 1
+
+        # Mark unread: the page goes back to the inbox and the server counts it unread for the buyer alone.
+        filters.get_by_role("button", name="All").click()
+        inbox.get_by_role("button", name=re.compile(first_seller)).click()
+        page.get_by_role("button", name="Mark unread").click()
+        page.locator(f"#conversations li[data-unread='1']:has-text('{first_seller}')").wait_for()
+        marked = rest(service, buyer_id, "GET", "/conversations?filter=unread")["conversations"]
+        assert [c["counterpart"]["id"] for c in marked] == [first_seller]
+
+        # A new message from the other side takes the conversation out of the archive.
+        archived = rest(service, buyer_id, "GET", "/conversations?filter=archived")["conversations"][0]
+        rest(
+            service,
+            second_seller,
+            "POST",
+            f"/conversations/{archived['id']}/messages",
+            {"client_id": "again", "text": "hi"},
+        )
+        filters.get_by_role("button", name="All").click()
+        row.filter(has_text=second_seller).wait_for()
+        assert buyer.problems == []
+    finally:
+        buyer.close()

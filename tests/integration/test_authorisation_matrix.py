@@ -63,6 +63,14 @@ EXPECTED: dict[tuple[str, str], dict[str, str]] = {
     ("GET", "/api/v1/moderation/decisions"): MODERATORS,
     ("POST", "/api/v1/moderation/attachments/{attachment_id}/decision"): MODERATORS,
     ("POST", "/api/v1/moderation/messages/{message_id}/decision"): MODERATORS,
+    ("PATCH", "/api/v1/conversations/{conversation_id}"): PARTY,
+    ("GET", "/api/v1/search"): EVERYONE,
+    # Anyone sharing a conversation with the user (the seller themself, here) and nobody else.
+    ("GET", "/api/v1/users/{user_id}"): {**EVERYONE, "stranger": "user_not_found", "moderator": "user_not_found"},
+    ("GET", "/api/v1/users/{user_id}/response-stats"): EVERYONE,  # a gig page shows it to anyone
+    ("GET", "/api/v1/blocks"): EVERYONE,
+    ("POST", "/api/v1/blocks"): EVERYONE,
+    ("DELETE", "/api/v1/blocks/{user_id}"): EVERYONE,
     ("GET", "/healthz"): EVERYONE,
     ("GET", "/readyz"): EVERYONE,
     ("GET", "/metrics"): EVERYONE,
@@ -131,9 +139,13 @@ class World:
             "message_id": self.message_id,
             "delivery_id": self.delivery_id,
             "order_id": "order-42",
+            # A user the caller may look up (the seller), or block without stopping this world's sends.
+            "user_id": "seller" if template.startswith("/api/v1/users/") else "someone-else",
         }
         for name, value in values.items():
             template = template.replace("{" + name + "}", value)
+        if template.endswith("/search"):
+            return template + "?q=hello"
         return template + ("?redirect=0" if template.endswith("/download") else "")
 
     def body(self, method: str, template: str, role: str) -> Any:
@@ -149,9 +161,12 @@ class World:
             },
             "/api/v1/deliveries/{delivery_id}/request-revision": {"reason": "more"},
             "/api/v1/reports": {"message_id": self.message_id, "reason": "spam"},
+            "/api/v1/blocks": {"user_id": "someone-else"},
             "/api/v1/moderation/attachments/{attachment_id}/decision": {"action": "release", "note": "fine"},
             "/api/v1/moderation/messages/{message_id}/decision": {"action": "release", "note": "fine"},
         }  # fmt: skip
+        if method == "PATCH":
+            return {"starred": True}
         return bodies.get(template, {} if method == "POST" else None)
 
     def payload(self, event: str, role: str) -> dict[str, Any]:
@@ -249,5 +264,5 @@ async def test_every_socket_event_and_every_caller(world: tuple[TestClient, Worl
 _REFUSALS = {
     "token_missing", "token_invalid", "token_expired", "moderator_only", "not_a_participant", "not_the_sender",
     "not_the_uploader", "not_the_seller", "not_the_buyer", "conversation_not_found", "message_not_found",
-    "attachment_not_found", "delivery_not_found",
+    "attachment_not_found", "delivery_not_found", "user_not_found", "blocked",
 }  # fmt: skip

@@ -157,6 +157,8 @@ def test_topic_layout() -> None:
     assert topic_for("attachment.scanned", "messenger") == "messenger.attachments"
     assert topic_for("order.delivered", "messenger") == "messenger.orders"
     assert topic_for("moderation.decision", "messenger") == "messenger.moderation"
+    assert topic_for("user.blocked", "messenger") == "messenger.users"
+    assert topic_for("conversation.unread_reminder", "messenger") == "messenger.conversations"
     assert topic_for("billing.paid", "messenger") == "messenger.other"
     assert topic_for("messages", "messenger") == "messenger.other"
 

@@ -234,6 +234,8 @@ async def test_cors_answers_only_the_configured_origins(aiohttp_client: Any, tok
     )
     assert preflight.status == 204 and preflight.headers["Access-Control-Allow-Origin"] == "https://market.example"
     assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
+    # The inbox's PATCH /conversations/{id} and DELETE /blocks/{id} from a marketplace's own origin.
+    assert {"PATCH", "DELETE"} <= set(preflight.headers["Access-Control-Allow-Methods"].replace(" ", "").split(","))
     allowed = await client.get(
         f"{API}/conversations", headers={**auth(token_for("alice")), "Origin": "https://market.example"}
     )

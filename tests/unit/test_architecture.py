@@ -16,7 +16,8 @@ ALLOWED = {
     "chat": {"core", "config"},
     "attachments": {"chat", "core", "config"},
     "workers": {"attachments", "chat", "core", "config", "scanner"},
-    "messenger": {"attachments", "chat", "core", "config", "scanner", "workers"},
+    "inbox": {"chat", "core", "config"},
+    "messenger": {"attachments", "chat", "core", "config", "inbox", "scanner", "workers"},
 }
 
 
