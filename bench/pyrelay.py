@@ -27,6 +27,7 @@ import socketio
 from aiohttp import web
 
 from core.runtime import install_event_loop, json_codec
+from core.sockets import without_websocket_compression
 
 
 def user_from_token(token: Any) -> str | None:
@@ -114,7 +115,8 @@ def build() -> web.Application:
         await sio.emit("message:new", {"message": message}, room=rooms)
         return {"ok": True, "message": message}
 
-    app = web.Application()
+    # Websocket compression declined, as `messenger serve` does by default (per-connection zlib state).
+    app = web.Application(middlewares=[without_websocket_compression])
     app.router.add_get("/healthz", healthz)
     app.router.add_post("/api/v1/conversations", open_conversation)
     sio.attach(app)

@@ -14,7 +14,7 @@ from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from chat.model import Conversation, Message, MessageKind, Review, Role
-from chat.store import MAX_CHANGED_PER_SYNC, ClientIdTaken, SeqTaken
+from chat.store import MAX_CHANGED_PER_SYNC, BuildMessage, ClientIdTaken, SeqTaken
 from core.clock import epoch_ms
 from core.events import Event
 from core.ids import new_id
@@ -190,6 +190,8 @@ class MongoMessageStore:
     def __init__(self, db: Any, outbox: Outbox) -> None:
         self._messages = db[MESSAGES]
         self._outbox = outbox
+        # insert_next records the message on its conversation as the conversation store does.
+        self._conversations = MongoConversationStore(db)
         outbox.serve(MESSAGES)
 
     async def ensure_schema(self) -> None:
@@ -232,6 +234,23 @@ class MongoMessageStore:
                 raise ClientIdTaken(message.client_id) from None
             raise SeqTaken(message.seq) from None
         await self._outbox.flush(MESSAGES, message.id, events)
+
+    async def insert_next(self, conversation_id: str, sender_role: Role, build: BuildMessage) -> Message | None:
+        conversation = await self._conversations.get(conversation_id)
+        seq = (conversation.last_seq if conversation else 0) + 1
+        while True:
+            message, events = build(seq)
+            try:
+                await self.insert(message, events)
+            except ClientIdTaken:
+                return None
+            except SeqTaken:  # another node took this seq: continue after the highest one stored
+                seq = max(seq, await self.highest_seq(conversation_id)) + 1
+                continue
+            await self._conversations.record_message(
+                conversation_id, sender_role, message.seq, message.id, message.created_ms
+            )
+            return message
 
     async def save_change(self, message: Message, events: Sequence[Event]) -> Message | None:
         doc = await self._messages.find_one_and_update(

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from chat.model import Conversation, Message, Role
-from chat.store import MAX_CHANGED_PER_SYNC, ClientIdTaken, SeqTaken
+from chat.store import MAX_CHANGED_PER_SYNC, BuildMessage, ClientIdTaken, SeqTaken
 from core.events import Event
 from core.ids import new_id
 from core.sqlite import Connection, RecordCodec, SqliteEngine, append_events, from_ms, in_list, to_ms
@@ -126,17 +126,7 @@ class SqliteConversationStore:
     async def record_message(
         self, conversation_id: str, role: Role, seq: int, message_id: str, activity_ms: int
     ) -> None:
-        read = READ_COLUMN[role]
-
-        def record(c: Connection) -> None:
-            c.execute(
-                "UPDATE conversations SET last_seq = ?, last_message_id = ?, last_activity_ms = ?"
-                " WHERE id = ? AND last_seq < ?",
-                (seq, message_id, activity_ms, conversation_id, seq),
-            )
-            c.execute(f"UPDATE conversations SET {read} = max({read}, ?) WHERE id = ?", (seq, conversation_id))
-
-        await self._engine.run(record)
+        await self._engine.run(lambda c: _record_message(c, conversation_id, role, seq, message_id, activity_ms))
 
     async def touch_activity(self, conversation_id: str, activity_ms: int) -> None:
         await self._engine.run(
@@ -169,6 +159,18 @@ class SqliteConversationStore:
         return await self._engine.run(partners, write=False)
 
 
+def _record_message(
+    c: Connection, conversation_id: str, role: Role, seq: int, message_id: str, activity_ms: int
+) -> None:
+    read = READ_COLUMN[role]
+    c.execute(
+        "UPDATE conversations SET last_seq = ?, last_message_id = ?, last_activity_ms = ?"
+        " WHERE id = ? AND last_seq < ?",
+        (seq, message_id, activity_ms, conversation_id, seq),
+    )
+    c.execute(f"UPDATE conversations SET {read} = max({read}, ?) WHERE id = ?", (seq, conversation_id))
+
+
 def _insert_message(c: Connection, message: Message) -> None:
     c.execute(
         "INSERT INTO messages (id, conversation_id, seq, sender_id, client_id, updated_seq, deleted, body)"
@@ -184,6 +186,21 @@ def _insert_message(c: Connection, message: Message) -> None:
             MESSAGE.dumps(message),
         ),
     )
+
+
+def _insert_with_events(c: Connection, message: Message, events: Sequence[Event]) -> None:
+    try:
+        _insert_message(c, message)
+    except sqlite3.IntegrityError:
+        # Decided by looking, not by parsing the error: a retry is a retry even if its seq clashes too.
+        taken = c.execute(
+            "SELECT 1 FROM messages WHERE sender_id = ? AND client_id = ?",
+            (message.sender_id, message.client_id),
+        ).fetchone()
+        if taken:
+            raise ClientIdTaken(message.client_id) from None
+        raise SeqTaken(message.seq) from None
+    append_events(c, events)
 
 
 class SqliteMessageStore:
@@ -227,20 +244,30 @@ class SqliteMessageStore:
 
     async def insert(self, message: Message, events: Sequence[Event]) -> None:
         def insert(c: Connection) -> None:
-            try:
-                _insert_message(c, message)
-            except sqlite3.IntegrityError:
-                # Decided by looking, not by parsing the error: a retry is a retry even if its seq clashes too.
-                taken = c.execute(
-                    "SELECT 1 FROM messages WHERE sender_id = ? AND client_id = ?",
-                    (message.sender_id, message.client_id),
-                ).fetchone()
-                if taken:
-                    raise ClientIdTaken(message.client_id) from None
-                raise SeqTaken(message.seq) from None
-            append_events(c, events)
+            _insert_with_events(c, message, events)
 
         await self._engine.run(insert)
+
+    async def insert_next(self, conversation_id: str, sender_role: Role, build: BuildMessage) -> Message | None:
+        def insert_next(c: Connection) -> Message | None:
+            row = c.execute("SELECT last_seq FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+            seq = (int(row[0]) if row else 0) + 1
+            while True:
+                message, events = build(seq)
+                try:
+                    _insert_with_events(c, message, events)
+                except ClientIdTaken:
+                    return None
+                except SeqTaken:  # a failed statement leaves the transaction open: carry on past it
+                    highest = c.execute(
+                        "SELECT max(seq) FROM messages WHERE conversation_id = ?", (conversation_id,)
+                    ).fetchone()
+                    seq = max(seq, int(highest[0] or 0)) + 1
+                    continue
+                _record_message(c, conversation_id, sender_role, message.seq, message.id, message.created_ms)
+                return message
+
+        return await self._engine.run(insert_next)
 
     async def save_change(self, message: Message, events: Sequence[Event]) -> Message | None:
         def save(c: Connection) -> Message | None:

@@ -69,6 +69,7 @@ class Code(StrEnum):
     NOTE_REQUIRED = "note_required"
     INVALID_ACTION = "invalid_action"
     RATE_LIMITED = "rate_limited"
+    OVERLOADED = "overloaded"
     HTTP_ERROR = "http_error"
     INTERNAL_ERROR = "internal_error"
     NOT_READY = "not_ready"
@@ -130,6 +131,12 @@ class PayloadTooLarge(MessengerError):
 
 class RateLimited(MessengerError):
     status, code = 429, Code.RATE_LIMITED
+
+
+class Overloaded(MessengerError):
+    """This node has as much work in hand as it can finish promptly: retry after the hint."""
+
+    status, code = 503, Code.OVERLOADED
 
 
 class Unavailable(MessengerError):

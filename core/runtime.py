@@ -60,11 +60,12 @@ class _StdlibJson:
 
 
 class _Orjson:
-    """orjson with the standard library's behaviour where the two differ.
+    """orjson for writing; reading stays with the standard library.
 
-    orjson refuses what Python's json accepts in two cases that matter here: strings holding lone
-    surrogates (which the command layer answers as `invalid_text`, not `invalid_json`) and values
-    it cannot encode; both fall back to the standard library, so only the speed differs.
+    Reading is where the edge's contract lives: what the standard library refuses (nesting as deep
+    as Python's recursion limit, which orjson accepts up to 1,024 levels) is `invalid_json`, and lone
+    surrogates reach the command layer to be answered `invalid_text`; a client packet is small, so
+    reading is the cheap half. A value orjson cannot write falls back to the standard library.
     """
 
     name = "orjson"
@@ -76,12 +77,7 @@ class _Orjson:
         except TypeError:  # orjson.JSONEncodeError is a TypeError
             return json.dumps(obj, separators=(",", ":"))
 
-    @staticmethod
-    def loads(text: str | bytes) -> Any:
-        try:
-            return orjson.loads(text)
-        except ValueError:  # orjson.JSONDecodeError is a ValueError: let json decide, and word the error
-            return json.loads(text)
+    loads = staticmethod(json.loads)
 
 
 def json_codec() -> type[_StdlibJson] | type[_Orjson]:

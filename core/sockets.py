@@ -11,7 +11,6 @@ error ack, and a packet that breaks the protocol closes its connection instead o
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 import uuid
@@ -26,6 +25,7 @@ from core.commands import loads_client_json
 from core.errors import Code, InvalidInput, MessengerError, NotFound, Unauthenticated
 from core.http import Handler
 from core.identity import Identity
+from core.runtime import json_codec
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class _UnreadableJson(ValueError):
 class _ClientJson:
     """The JSON module python-socketio's packets use: reading goes through the edge's bounded parser."""
 
-    dumps = staticmethod(json.dumps)
+    dumps = staticmethod(json_codec().dumps)  # orjson unless turned off (core/runtime.py)
 
     @staticmethod
     def loads(text: str | bytes) -> Any:
