@@ -56,11 +56,18 @@ class InFlightBudget:
         self._clock = clock
         self._average_seconds = 0.05
 
+    def refusal(self, what: str = "requests") -> Overloaded | None:
+        """The error to answer with if no slot is free now, else None (takes nothing)."""
+        if self.in_flight < self.limit:
+            return None
+        retry_after_ms = min(5000, max(10, int(self._average_seconds * 1000)))
+        return Overloaded(f"too many {what} in hand on this node; send again later", retry_after_ms=retry_after_ms)
+
     def enter(self, what: str = "requests") -> float:
         """Take a slot (raises Overloaded when none is free); returns the start time for `leave`."""
-        if self.in_flight >= self.limit:
-            retry_after_ms = min(5000, max(10, int(self._average_seconds * 1000)))
-            raise Overloaded(f"too many {what} in hand on this node; send again later", retry_after_ms=retry_after_ms)
+        refused = self.refusal(what)
+        if refused is not None:
+            raise refused
         self.in_flight += 1
         return self._clock()
 

@@ -25,7 +25,7 @@ from chat.views import conversation_view, message_view
 from config.settings import ChatSettings, ContactPolicy
 from core.clock import Clock, SystemClock, epoch_ms, iso
 from core.cursors import decode_cursor, encode_cursor
-from core.errors import Code, Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge, RateLimited
+from core.errors import Code, Conflict, Forbidden, InvalidInput, NotFound, Overloaded, PayloadTooLarge, RateLimited
 from core.events import Event, new_event
 from core.identity import Identity
 from core.ids import new_id
@@ -148,6 +148,10 @@ class ChatService:
             )
         finally:
             self._sends_in_flight.leave(started)
+
+    def send_refusal(self) -> Overloaded | None:
+        """`overloaded` if a send arriving now would be refused; lets a transport refuse it at the door."""
+        return self._sends_in_flight.refusal("messages")
 
     async def _send_message(
         self,

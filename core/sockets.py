@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 Ack = dict[str, Any]
 SocketHandler = Callable[[Identity, Any], Awaitable[Ack]]
 ConnectedHandler = Callable[[str], Awaitable[None]]
+# Asked before an event's handler is even scheduled: an error it returns is the ack (load shedding).
+Admission = Callable[[], MessengerError | None]
 
 # Names the Socket.IO protocol gives to the lifecycle; a client emitting one must not reach the
 # server's own `connect`/`disconnect` handlers (which python-socketio looks up in the same table).
@@ -91,6 +93,15 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(serializer=ClientPacket, **kwargs)
         self._connected_handlers: list[ConnectedHandler] = []
+        self._admissions: dict[str, Admission] = {}
+
+    def admit(self, event: str, check: Admission) -> None:
+        """Ask check() for each `event` before its handler is scheduled; an error it returns is the ack.
+
+        A refusal here costs the packet's decoding and the ack, nothing else (no task, no session
+        look-up, no payload validation): under overload that is what keeps refusing affordable.
+        """
+        self._admissions[event] = check
 
     def on_connected(self, handler: ConnectedHandler) -> None:
         """Run handler(sid) once the client has been sent CONNECT (python-socketio's `connect` runs before).
@@ -135,6 +146,8 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
         elif not isinstance(event, str) or event in RESERVED_EVENTS or event not in self.handlers.get(namespace, {}):
             # Lifecycle names are the server's own; unknown names would otherwise get no ack at all.
             error = NotFound("no such event", code=Code.UNKNOWN_EVENT)
+        elif (admission := self._admissions.get(event)) is not None:
+            error = admission()
         if error is None:
             await super()._handle_event(eio_sid, namespace, id, data)
             return
