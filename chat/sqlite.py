@@ -163,12 +163,14 @@ def _record_message(
     c: Connection, conversation_id: str, role: Role, seq: int, message_id: str, activity_ms: int
 ) -> None:
     read = READ_COLUMN[role]
+    # One statement: every expression reads the row as it was, so a late seq moves only the read position.
     c.execute(
-        "UPDATE conversations SET last_seq = ?, last_message_id = ?, last_activity_ms = ?"
-        " WHERE id = ? AND last_seq < ?",
-        (seq, message_id, activity_ms, conversation_id, seq),
+        "UPDATE conversations SET last_seq = max(last_seq, :seq),"
+        " last_message_id = CASE WHEN last_seq < :seq THEN :message_id ELSE last_message_id END,"
+        " last_activity_ms = CASE WHEN last_seq < :seq THEN :activity_ms ELSE last_activity_ms END,"
+        f" {read} = max({read}, :seq) WHERE id = :id",
+        {"seq": seq, "message_id": message_id, "activity_ms": activity_ms, "id": conversation_id},
     )
-    c.execute(f"UPDATE conversations SET {read} = max({read}, ?) WHERE id = ?", (seq, conversation_id))
 
 
 def _insert_message(c: Connection, message: Message) -> None:

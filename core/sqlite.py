@@ -133,6 +133,12 @@ class SqliteEngine:
         try:
             connection.execute("BEGIN IMMEDIATE")
             for call in batch:
+                if not call.write:  # a read changes nothing: no savepoint to undo it by
+                    try:
+                        answers.append((call, call.work(connection), None))
+                    except Exception as exc:
+                        answers.append((call, None, exc))
+                    continue
                 connection.execute("SAVEPOINT call")
                 try:
                     value = call.work(connection)
