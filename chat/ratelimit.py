@@ -24,6 +24,25 @@ class TokenBuckets:
         self._clock = clock
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
+    def try_take(self, key: str) -> bool:
+        """Take a token if there is one; False (and nothing taken) if not."""
+        now = self._clock()
+        tokens, stamp = self._buckets.pop(key, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - stamp) * self._rate)
+        if tokens < 1.0:
+            self._buckets[key] = (tokens, now)
+            return False
+        self._buckets[key] = (tokens - 1.0, now)
+        while len(self._buckets) > self._max_keys:
+            self._buckets.popitem(last=False)
+        return True
+
+    def give_back(self, key: str) -> None:
+        """Return a token taken for something that turned out not to count (a retry)."""
+        if key in self._buckets:
+            tokens, stamp = self._buckets[key]
+            self._buckets[key] = (min(self._burst, tokens + 1.0), stamp)
+
     def take(self, key: str, *, what: str = "requests") -> None:
         now = self._clock()
         tokens, stamp = self._buckets.pop(key, (self._burst, now))

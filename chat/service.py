@@ -167,11 +167,15 @@ class ChatService:
         attachment_ids = list(dict.fromkeys(attachment_ids))
         text = self._checked_text(text, allow_empty=bool(attachment_ids))
         conversation = await self.conversation_for(caller, conversation_id)
-        existing = await self._messages.find_by_client_id(caller.user_id, client_id)
-        if existing is not None:
-            return await self._replayed(existing, conversation_id, caller.user_id)
-        # Limited after the idempotency check, so a client retrying a lost ack is never punished.
-        self._send_limits.take(caller.user_id, what="messages")
+        # A retry is never limited nor punished. Without files, the store's own client_id check
+        # finds a retry (insert_next answers None, and the token goes back), so the common case
+        # makes no look-up of its own; a retry's files are already linked, so with files the
+        # stored message is looked for first, as the files' check would refuse them.
+        if attachment_ids or not self._send_limits.try_take(caller.user_id):
+            existing = await self._messages.find_by_client_id(caller.user_id, client_id)
+            if existing is not None:
+                return await self._replayed(existing, conversation_id, caller.user_id)
+            self._send_limits.take(caller.user_id, what="messages")
         await self._attachments.check_attachable(caller.user_id, conversation_id, attachment_ids)
         findings = self._contact_findings(text)
 
@@ -181,7 +185,8 @@ class ChatService:
         async with self._locks.hold(conversation_id):
             # One store call: the seq read, the message with its events, and the conversation's record.
             stored = await self._messages.insert_next(conversation_id, conversation.role_of(caller.user_id), build)
-            if stored is None:  # the same client_id landed meanwhile (a concurrent retry): it answers
+            if stored is None:  # a retry, or the same client_id landed meanwhile (a concurrent one): it answers
+                self._send_limits.give_back(caller.user_id)
                 raced = await self._messages.find_by_client_id(caller.user_id, client_id)
                 if raced is None:  # pragma: no cover - the clash means it is stored
                     raise Conflict("try again", code=Code.ID_COLLISION)
