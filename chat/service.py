@@ -149,6 +149,11 @@ class ChatService:
         finally:
             self._sends_in_flight.leave(started)
 
+    @property
+    def sends_in_flight(self) -> int:
+        """Sends being stored and fanned out on this node now."""
+        return self._sends_in_flight.in_flight
+
     def send_refusal(self) -> Overloaded | None:
         """`overloaded` if a send arriving now would be refused; lets a transport refuse it at the door."""
         return self._sends_in_flight.refusal("messages")

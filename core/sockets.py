@@ -116,6 +116,11 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
         self._connected_handlers.append(handler)
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        if self._admissions and isinstance(data, str) and data.startswith("42"):
+            refusal = self._early_refusal(eio_sid, data)
+            if refusal is not None:
+                await self.eio.send(eio_sid, refusal)
+                return
         try:
             await super()._handle_eio_message(eio_sid, data)
         except PROTOCOL_ERRORS as exc:
@@ -124,6 +129,37 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
             # by closing its connection, as the JavaScript server does; one line, no traceback.
             log.warning("unreadable Socket.IO packet; connection closed", extra={"problem": repr(exc)[:200]})
             await self.eio.disconnect(eio_sid)
+
+    def _early_refusal(self, eio_sid: str, data: str) -> str | None:
+        """The encoded ack refusing an admitted event on the default namespace, read from the raw packet.
+
+        Under overload most packets are refused: reading only `42<ack id>["<event>"` spares the
+        payload's JSON and the packet objects. Anything else (no ack id, another namespace, an event
+        admitted now) returns None and takes the ordinary path, which applies the same admission.
+        """
+        end = 2
+        while end < len(data) and data[end].isdigit():
+            end += 1
+        if end == 2 or end > 20:
+            return None
+        admission = next(
+            (
+                check
+                for event, check in self._admissions.items()
+                if data.startswith(f'["{event}"', end)
+                and data[end + len(event) + 3 : end + len(event) + 4] in (",", "]")
+            ),
+            None,
+        )
+        if admission is None:
+            return None
+        sid = self.manager.sid_from_eio_sid(eio_sid, "/")
+        if sid is None or not self.manager.is_connected(sid, "/"):
+            return None
+        error = admission()
+        if error is None:
+            return None
+        return f"3{data[2:end]}" + _ClientJson.dumps([{"ok": False, **error.to_json()}])
 
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
         await super()._handle_connect(eio_sid, namespace, data)
