@@ -1,13 +1,17 @@
-"""bench/chat: the messenger's real-time path against a minimal Node socket.io relay, same load, same client.
+"""bench/chat: the messenger's real-time path against two minimal relays, same load, same client.
 
-For each server (the messenger, then bench/relay.mjs) it starts a fresh process per phase on a
-free loopback port and drives it with bench/load.mjs (one Node process, socket.io-client,
-websocket transport):
+For each server (the messenger, then bench/pyrelay.py: python-socketio on aiohttp with the same
+event loop and JSON codec as the messenger, then bench/relay.mjs: Node socket.io) it starts a
+fresh process per phase on a free loopback port and drives it with bench/load.mjs (one Node
+process, socket.io-client, websocket transport):
 
   saturation  N buyer-seller pairs, each buyer keeping W unacked `message:send` in flight
               (closed loop): deliveries/s, server CPU, server RSS.
   rate        open loop at a fixed total rate, by default half of THAT server's saturation
               rate: p50/p99 send-to-receive latency (buyer's emit -> seller's `message:new`).
+  overload    open loop at --overload-factor (2) x THAT server's saturation rate: deliveries/s
+              against saturation, and how the sends beyond capacity were answered (refused with
+              `overloaded`, or acks missing).
   idle        K authenticated connections that do nothing: server RSS per connection.
 
 With --profile, one more messenger saturation run is sampled by py-spy and the hottest frames
@@ -49,14 +53,17 @@ from harness import BenchError, Children, free_port, log, tail
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
-TARGETS = ("messenger", "relay")
-PHASES = ("saturation", "rate", "idle")
+TARGETS = ("messenger", "pyrelay", "relay")
+PHASES = ("saturation", "rate", "overload", "idle")
+LABELS = {"messenger": "messenger", "pyrelay": "py relay", "relay": "node relay"}
 TICKS = os.sysconf("SC_CLK_TCK")
 
 # The goals this benchmark tracks (see bench/README.md).
-GOAL_RATIO_PER_CORE = 1.0
+# Against the bare python-socketio relay (issue 11), on the same event loop and JSON codec.
+GOAL_RATIO_PER_CORE = 0.8
 GOAL_P99_MS = 20.0
-GOAL_KB_PER_IDLE = 30.0
+GOAL_IDLE_RATIO = 1.1
+GOAL_OVERLOAD_KEPT = 0.9
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -124,6 +131,7 @@ class Bench:
     secret: str
     data_dir: Path
     pin: bool
+    runtime: str = ""
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
@@ -150,6 +158,9 @@ class Bench:
                     "MESSENGER_DATA_DIR": str(self.data_dir / f"{phase}-{port}"),
                 }
                 cmd = [sys.executable, "-m", "messenger", "serve", "--host", "127.0.0.1", "--port", str(port)]
+            elif name == "pyrelay":
+                env = {**os.environ, "PYTHONPATH": str(ROOT)}
+                cmd = [sys.executable, str(BENCH / "pyrelay.py"), "--host", "127.0.0.1", "--port", str(port)]
             else:
                 env = dict(os.environ)
                 cmd = [self.node, str(BENCH / "relay.mjs"), "--host", "127.0.0.1", "--port", str(port)]
@@ -185,6 +196,14 @@ class Bench:
             text=True,
         )
         return LoadProcess(proc, self.children)
+
+
+def python_runtime() -> str:
+    """The event loop and JSON codec both python servers pick (core/runtime.py, same environment)."""
+    sys.path.insert(0, str(ROOT))
+    from core.runtime import chosen_event_loop, chosen_json
+
+    return f"{chosen_event_loop()} + {chosen_json()}"
 
 
 def wait_healthy(server: Server, timeout: float) -> None:
@@ -365,7 +384,9 @@ def common(result: dict[str, Any], figures: dict[str, Any]) -> dict[str, Any]:
         "delivered": result["delivered"],
         "undelivered_after_drain": result["undelivered_after_drain"],
         "ack_errors": result["ack_errors"],
+        "ack_error_codes": result.get("ack_error_codes", {}),
         "ack_error_samples": result["ack_error_samples"],
+        "unacked_after_drain": result.get("unacked_after_drain"),
     }
 
 
@@ -548,11 +569,11 @@ def fmt(value: Any, spec: str = ",.0f") -> str:
 
 
 def ratio(a: Any, b: Any) -> str:
-    return "-" if not a or not b else f"{a / b:.3f}x"
+    return "-" if not a or not b else f"{a / b:.2f}x"
 
 
 def report(bench: Bench) -> str:
-    m, r = bench.runs.get("messenger", {}), bench.runs.get("relay", {})
+    m, py, r = (bench.runs.get(name, {}) for name in TARGETS)
 
     def get(run: dict[str, Any], *path: str) -> Any:
         value: Any = run
@@ -569,50 +590,68 @@ def report(bench: Bench) -> str:
         ("latency p50 at saturation (ms)", ("saturation", "latency", "p50_ms"), ",.1f", False),
         ("latency p99 at saturation (ms)", ("saturation", "latency", "p99_ms"), ",.1f", False),
         ("server RSS peak, saturation (MB)", ("saturation", "rss_peak_kb"), ",.1f", False),
-        ("server RSS at end, saturation (MB)", ("saturation", "rss_end_kb"), ",.1f", False),
         ("fixed rate (sends/s)", ("rate", "rate"), ",.0f", False),
         ("deliveries/s at fixed rate", ("rate", "deliveries_per_s"), ",.0f", False),
         ("latency p50 at fixed rate (ms)", ("rate", "latency", "p50_ms"), ".2f", False),
         ("latency p99 at fixed rate (ms)", ("rate", "latency", "p99_ms"), ".2f", False),
         ("ack latency p99 at fixed rate (ms)", ("rate", "ack_latency", "p99_ms"), ".2f", False),
         ("server CPU at fixed rate (cores)", ("rate", "server_cpu_cores"), ".2f", False),
+        ("overload: offered (sends/s)", ("overload", "rate"), ",.0f", False),
+        ("overload: deliveries/s", ("overload", "deliveries_per_s"), ",.0f", False),
+        ("overload: deliveries / saturation", ("overload", "kept_of_saturation"), ".2f", False),
+        ("overload: refused `overloaded`", ("overload", "refused_overloaded"), ",.0f", False),
+        ("overload: other ack errors", ("overload", "other_ack_errors"), ",.0f", False),
+        ("overload: acks missing after drain", ("overload", "unacked_after_drain"), ",.0f", False),
+        ("overload: ack p99 (ms)", ("overload", "ack_latency", "p99_ms"), ",.1f", False),
         ("idle connections open", ("idle", "connections"), ",.0f", False),
-        ("server RSS per idle connection (KB)", ("idle", "kb_per_connection"), ".1f", False),
+        ("server RSS per idle connection (KB)", ("idle", "kb_per_connection"), ".1f", True),
     ]
     args = bench.args
     lines = [
         f"{args.pairs} pairs, window {args.window}, {args.warmup:g}+{args.seconds:g} s saturation, "
         f"{args.warmup:g}+{args.rate_seconds:g} s fixed rate, {args.idle:,} idle; clients offer permessage-deflate: "
-        f"{args.client_deflate}; {'server on CPU 0, generator on CPU 1' if bench.pin else 'unpinned'}",
-        f"{'':38} {'messenger':>12} {'node relay':>12} {'ratio':>9}",
+        f"{args.client_deflate}; {'server on CPU 0, generator on CPU 1' if bench.pin else 'unpinned'}; "
+        f"python servers on {bench.runtime}",
+        f"{'':38} {'messenger':>11} {'py relay':>11} {'node relay':>11} {'m/py':>7} {'m/node':>7}",
     ]
     for label, path, spec, with_ratio in rows:
-        a, b = get(m, *path), get(r, *path)
+        a, b, c = get(m, *path), get(py, *path), get(r, *path)
         if "rss" in path[-1]:
-            a, b = kb_to_mb(a), kb_to_mb(b)
-        lines.append(f"{label:38} {fmt(a, spec):>12} {fmt(b, spec):>12} {ratio(a, b) if with_ratio else '':>9}")
+            a, b, c = kb_to_mb(a), kb_to_mb(b), kb_to_mb(c)
+        lines.append(
+            f"{label:38} {fmt(a, spec):>11} {fmt(b, spec):>11} {fmt(c, spec):>11}"
+            f" {ratio(a, b) if with_ratio else '':>7} {ratio(a, c) if with_ratio else '':>7}"
+        )
 
     lines.append("")
-    lines.append("goals:")
+    lines.append("goals (issue 11):")
     per_core = get(m, "saturation", "deliveries_per_cpu_second")
-    relay_per_core = get(r, "saturation", "deliveries_per_cpu_second")
-    if per_core and relay_per_core:
-        value = per_core / relay_per_core
+    py_per_core = get(py, "saturation", "deliveries_per_cpu_second")
+    if per_core and py_per_core:
+        value = per_core / py_per_core
         lines.append(
-            f"  deliveries/s per core >= {GOAL_RATIO_PER_CORE:.1f}x the relay: {value:.3f}x "
-            f"({'met' if value >= GOAL_RATIO_PER_CORE else f'{GOAL_RATIO_PER_CORE / value:,.0f}x short'})"
+            f"  deliveries per CPU-second >= {GOAL_RATIO_PER_CORE:.1f}x the python relay: {value:.2f}x "
+            f"({'met' if value >= GOAL_RATIO_PER_CORE else 'not met'})"
         )
     p99 = get(m, "rate", "latency", "p99_ms")
     if p99 is not None:
         lines.append(
-            f"  p99 <= {GOAL_P99_MS:.0f} ms at half of saturation: {p99:.1f} ms "
+            f"  p99 <= {GOAL_P99_MS:.0f} ms at half of saturation ({args.rate_seconds:g} s): {p99:.1f} ms "
             f"({'met' if p99 <= GOAL_P99_MS else 'not met'})"
         )
-    kb = get(m, "idle", "kb_per_connection")
-    if kb is not None:
+    kept = get(m, "overload", "kept_of_saturation")
+    if kept is not None:
+        missing = get(m, "overload", "unacked_after_drain") or 0
         lines.append(
-            f"  <= {GOAL_KB_PER_IDLE:.0f} KB per idle connection: {kb:.1f} KB "
-            f"({'met' if kb <= GOAL_KB_PER_IDLE else 'not met'})"
+            f"  at {args.overload_factor:g}x overload, deliveries >= {GOAL_OVERLOAD_KEPT:.1f}x saturation and no ack"
+            f" missing: {kept:.2f}x, {missing} missing, {get(m, 'overload', 'refused_overloaded') or 0:,} refused"
+            f" `overloaded` ({'met' if kept >= GOAL_OVERLOAD_KEPT and not missing else 'not met'})"
+        )
+    kb, py_kb = get(m, "idle", "kb_per_connection"), get(py, "idle", "kb_per_connection")
+    if kb and py_kb:
+        lines.append(
+            f"  idle KB per connection <= {GOAL_IDLE_RATIO:.1f}x the python relay: {kb:.1f} vs {py_kb:.1f} KB ="
+            f" {kb / py_kb:.2f}x ({'met' if kb / py_kb <= GOAL_IDLE_RATIO else 'not met'})"
         )
     timeline = get(m, "saturation", "timeline")
     if timeline and len(timeline) >= 2:
@@ -626,7 +665,7 @@ def report(bench: Bench) -> str:
             if part.get("ack_errors") or part.get("undelivered_after_drain"):
                 lines.append(
                     f"  WARNING {name} {phase}: {part.get('ack_errors')} ack errors "
-                    f"{part.get('ack_error_samples')}, {part.get('undelivered_after_drain')} undelivered"
+                    f"{part.get('ack_error_codes')}, {part.get('undelivered_after_drain')} undelivered"
                 )
             if (part.get("other_cpu_cores") or 0) > 0.3:
                 lines.append(
@@ -678,6 +717,26 @@ def run_target(bench: Bench, name: str) -> None:
             f"  {name}: p50 {fixed['latency']['p50_ms']} ms, p99 {fixed['latency']['p99_ms']} ms at "
             f"{fixed['deliveries_per_s']:,.0f} deliveries/s (server CPU {fixed['server_cpu_cores']:.2f} cores, "
             f"generator send lag p99 {fixed['send_lag']['p99_ms']} ms, other CPU {fixed['other_cpu_cores']:.2f})"
+        )
+
+    if "overload" in args.phases and "saturation" in run:
+        saturation = run["saturation"]["deliveries_per_s"]
+        offered = max(1.0, saturation * args.overload_factor)
+        log(
+            f"\n== {name}: overload, {offered:,.0f} sends/s offered ({args.overload_factor:g}x saturation), "
+            f"{args.warmup}+{args.rate_seconds} s"
+        )
+        with bench.server(name, "overload") as server:
+            over = run_open_loop(bench, server, offered)
+        codes = over.get("ack_error_codes") or {}
+        over["refused_overloaded"] = codes.get("overloaded", 0)
+        over["other_ack_errors"] = sum(n for code, n in codes.items() if code != "overloaded")
+        over["kept_of_saturation"] = round(over["deliveries_per_s"] / saturation, 3) if saturation else None
+        run["overload"] = over
+        log(
+            f"  {name}: {over['deliveries_per_s']:,.0f} deliveries/s = {over['kept_of_saturation']}x saturation; "
+            f"ack errors {codes}, acks missing after drain {over.get('unacked_after_drain')}, "
+            f"ack p99 {over['ack_latency']['p99_ms']} ms, other CPU {over['other_cpu_cores']:.2f}"
         )
 
     if "idle" in args.phases and args.idle > 0:
@@ -735,6 +794,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rate-seconds", type=float, default=10, help="measured seconds at fixed rate (default 10)")
     parser.add_argument("--rate", type=float, default=None, help="fixed total sends/s (default: a fraction of sat.)")
     parser.add_argument("--rate-fraction", type=float, default=0.5, help="of the saturation rate (default 0.5)")
+    parser.add_argument(
+        "--overload-factor", type=float, default=2.0, help="overload phase: x saturation offered (default 2)"
+    )
     parser.add_argument("--idle", type=int, default=5000, help="idle connections, 0 to skip (default 5000)")
     parser.add_argument("--idle-timeout", type=float, default=180, help="seconds to open and close them")
     parser.add_argument("--drain", type=float, default=15, help="seconds to wait for in-flight messages at the end")
@@ -747,9 +809,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--phases",
         default=",".join(PHASES),
-        help="saturation,rate,idle (default all; rate alone needs --rate)",
+        help="saturation,rate,overload,idle (default all; rate alone needs --rate)",
     )
-    parser.add_argument("--targets", default=",".join(TARGETS), help="messenger,relay (default both)")
+    parser.add_argument("--targets", default=",".join(TARGETS), help="messenger,pyrelay,relay (default all)")
     parser.add_argument(
         "--client-deflate",
         choices=("on", "off"),
@@ -798,7 +860,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     status = 0
     with tempfile.TemporaryDirectory(prefix="bench-chat-") as scratch:
-        bench = Bench(args, children, secrets.token_urlsafe(36), Path(scratch), pin)
+        bench = Bench(args, children, secrets.token_urlsafe(36), Path(scratch), pin, python_runtime())
         try:
             ensure_node_modules()
             node_version = subprocess.run([bench.node, "--version"], capture_output=True, text=True, timeout=30)

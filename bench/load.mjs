@@ -167,6 +167,7 @@ class Run {
     this.sent = 0;
     this.acked = 0;
     this.ackErrors = 0;
+    this.ackErrorCodes = {}; // "timeout" or the refusal's error code -> count
     this.ackErrorSamples = [];
     this.delivered = 0;
     this.windowStart = Infinity;
@@ -203,6 +204,8 @@ class Run {
           const now = performance.now();
           if (err || !reply?.ok) {
             this.ackErrors += 1;
+            const code = err ? "timeout" : String(reply?.error?.code ?? "malformed");
+            this.ackErrorCodes[code] = (this.ackErrorCodes[code] ?? 0) + 1;
             if (this.ackErrorSamples.length < 5) this.ackErrorSamples.push(err ? String(err) : reply);
             // A refused send is never delivered; a timed-out one still may be, so keep waiting for it.
             if (!err) this.sentAt.delete(clientId);
@@ -279,7 +282,9 @@ class Run {
       delivered: this.delivered,
       undelivered_after_drain: this.sentAt.size,
       ack_errors: this.ackErrors,
+      ack_error_codes: this.ackErrorCodes,
       ack_error_samples: this.ackErrorSamples,
+      unacked_after_drain: this.sent - this.acked - this.ackErrors,
       load_cpu_cores: Math.round(this.loadCpu * 1000) / 1000,
       ...extra,
     };

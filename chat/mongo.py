@@ -15,7 +15,7 @@ from pymongo.errors import DuplicateKeyError
 
 from chat.model import Conversation, Message, MessageKind, Review, Role
 from chat.search import WORD, visible_text
-from chat.store import MAX_CHANGED_PER_SYNC, ClientIdTaken, SeqTaken
+from chat.store import MAX_CHANGED_PER_SYNC, BuildMessage, ClientIdTaken, SeqTaken
 from core.clock import epoch_ms
 from core.events import Event
 from core.ids import new_id
@@ -194,9 +194,11 @@ class MongoConversationStore:
 class MongoMessageStore:
     def __init__(self, db: Any, outbox: Outbox) -> None:
         self._messages = db[MESSAGES]
-        self._conversations = db["conversations"]
+        self._conversation_docs = db["conversations"]
         self._search = db[SEARCH]
         self._outbox = outbox
+        # insert_next records the message on its conversation as the conversation store does.
+        self._conversations = MongoConversationStore(db)
         outbox.serve(MESSAGES)
 
     async def ensure_schema(self) -> None:
@@ -219,7 +221,7 @@ class MongoMessageStore:
     async def _index(self, message: Message, *, fresh: bool = False) -> None:
         if not fresh:  # a new message has nothing indexed yet
             await self._search.delete_many({"message_id": message.id})
-        pair = await self._conversations.find_one({"_id": message.conversation_id}, {"buyer_id": 1, "seller_id": 1})
+        pair = await self._conversation_docs.find_one({"_id": message.conversation_id}, {"buyer_id": 1, "seller_id": 1})
         if pair is None:
             return
         recipient = pair["seller_id"] if message.sender_id == pair["buyer_id"] else pair["buyer_id"]
@@ -286,6 +288,29 @@ class MongoMessageStore:
         # The events are durable in the message document: moved to the log off the send path.
         self._outbox.move_soon(MESSAGES, message.id, events)
         await self._index(message, fresh=True)
+
+    async def insert_next(
+        self, conversation_id: str, sender_role: Role, build: BuildMessage, *, last_seq: int | None = None
+    ) -> Message | None:
+        if last_seq is None:
+            conversation = await self._conversations.get(conversation_id)
+            last_seq = conversation.last_seq if conversation else 0
+        # Under the conversation's lock the hint is usually exact; when another node wrote
+        # meanwhile, the unique (conversation_id, seq) index refuses the seq and we move past it.
+        seq = last_seq + 1
+        while True:
+            message, events = build(seq)
+            try:
+                await self.insert(message, events)
+            except ClientIdTaken:
+                return None
+            except SeqTaken:  # another node took this seq: continue after the highest one stored
+                seq = max(seq, await self.highest_seq(conversation_id)) + 1
+                continue
+            await self._conversations.record_message(
+                conversation_id, sender_role, message.seq, message.id, message.created_ms
+            )
+            return message
 
     async def save_change(self, message: Message, events: Sequence[Event]) -> Message | None:
         doc = await self._messages.find_one_and_update(

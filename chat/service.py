@@ -19,14 +19,24 @@ from chat.metrics import ChatMetrics
 from chat.model import Conversation, Message, MessageKind, Review
 from chat.ports import AttachmentDirectory, InboxHooks, NoInbox
 from chat.presence import PresenceTracker
-from chat.ratelimit import MinInterval, TokenBuckets
+from chat.ratelimit import InFlightBudget, MinInterval, TokenBuckets
 from chat.search import query_terms, search_terms, visible_text
-from chat.store import ClientIdTaken, ConversationStore, MessageStore, SeqTaken
+from chat.store import BuildMessage, ConversationStore, MessageStore
 from chat.views import conversation_view, message_view
 from config.settings import ChatSettings, ContactPolicy
 from core.clock import Clock, SystemClock, epoch_ms, iso
 from core.cursors import decode_cursor, encode_cursor
-from core.errors import Code, Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge, RateLimited
+from core.errors import (
+    Code,
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    MessengerError,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+    RateLimited,
+)
 from core.events import Event, new_event
 from core.identity import Identity
 from core.ids import new_id
@@ -64,6 +74,7 @@ class ChatService:
         self._metrics = metrics
         self._send_limits = TokenBuckets(settings.send_rate_per_second, settings.send_burst)
         self._typing_limits = MinInterval(settings.typing_min_interval_seconds)
+        self._sends_in_flight = InFlightBudget(settings.sends_in_flight_max)
         self._locks = locks or LocalLocks()
         self._clock = clock or SystemClock()
         self._inbox: InboxHooks = NoInbox()
@@ -172,46 +183,90 @@ class ChatService:
         kind: MessageKind = MessageKind.TEXT,
         delivery_id: str | None = None,
     ) -> View:
-        """Store a message durably, then fan it out; a repeated client_id returns the stored one."""
-        started = time.perf_counter()
+        """Store a message durably, then fan it out; a repeated client_id returns the stored one.
+
+        Refused as `overloaded` before any work when the node already has its budget of sends in hand.
+        """
+        started = self._sends_in_flight.enter("messages")
+        try:
+            return await self._send_message(
+                caller, conversation_id, client_id, text, attachment_ids, kind, delivery_id, started
+            )
+        finally:
+            self._sends_in_flight.leave(started)
+
+    @property
+    def sends_in_flight(self) -> int:
+        """Sends being stored and fanned out on this node now."""
+        return self._sends_in_flight.in_flight
+
+    def send_refusal(self) -> Overloaded | None:
+        """`overloaded` if a send arriving now would be refused; lets a transport refuse it at the door."""
+        return self._sends_in_flight.refusal("messages")
+
+    async def _send_message(
+        self,
+        caller: Identity,
+        conversation_id: str,
+        client_id: str,
+        text: str,
+        attachment_ids: Sequence[str],
+        kind: MessageKind,
+        delivery_id: str | None,
+        started: float,
+    ) -> View:
         attachment_ids = list(dict.fromkeys(attachment_ids))
         text = self._checked_text(text, allow_empty=bool(attachment_ids))
         conversation = await self.conversation_for(caller, conversation_id)
-        existing = await self._messages.find_by_client_id(caller.user_id, client_id)
-        if existing is not None:
-            return await self._replayed(existing, conversation_id, caller.user_id)
-        # Limited after the idempotency check, so a client retrying a lost ack is never punished.
-        self._send_limits.take(caller.user_id, what="messages")
-        await self._inbox.check_can_send(conversation, caller.user_id)
+        # A retry is never limited nor punished. Without files, the store's own client_id check
+        # finds a retry (insert_next answers None, and the token goes back), so the common case
+        # makes no look-up of its own; a retry's files are already linked, so with files the
+        # stored message is looked for first, as the files' check would refuse them.
+        if attachment_ids or not self._send_limits.try_take(caller.user_id):
+            existing = await self._messages.find_by_client_id(caller.user_id, client_id)
+            if existing is not None:
+                return await self._replayed(existing, conversation_id, caller.user_id)
+            self._send_limits.take(caller.user_id, what="messages")
+        try:
+            await self._inbox.check_can_send(conversation, caller.user_id)
+        except MessengerError:
+            # A message stored before the block, whose ack was lost, is still answered as stored.
+            self._send_limits.give_back(caller.user_id)
+            existing = await self._messages.find_by_client_id(caller.user_id, client_id)
+            if existing is not None:
+                return await self._replayed(existing, conversation_id, caller.user_id)
+            raise
         await self._attachments.check_attachable(caller.user_id, conversation_id, attachment_ids)
         findings = self._contact_findings(text)
 
+        build = self._message_builder(
+            conversation, caller.user_id, client_id, text, tuple(attachment_ids), kind, findings, delivery_id
+        )
         async with self._locks.hold(conversation_id):
-            stored = await self._insert_message(
-                conversation, caller.user_id, client_id, text, tuple(attachment_ids), kind, findings, delivery_id
+            # One store call: the seq read, the message with its events, and the conversation's record.
+            stored = await self._messages.insert_next(
+                conversation_id, conversation.role_of(caller.user_id), build, last_seq=conversation.last_seq
             )
-            if stored is None:  # the same client_id landed meanwhile (a concurrent retry): it answers
+            if stored is None:  # a retry, or the same client_id landed meanwhile (a concurrent one): it answers
+                self._send_limits.give_back(caller.user_id)
                 raced = await self._messages.find_by_client_id(caller.user_id, client_id)
                 if raced is None:  # pragma: no cover - the clash means it is stored
                     raise Conflict("try again", code=Code.ID_COLLISION)
                 return await self._replayed(raced, conversation_id, caller.user_id)
             message = stored
-            await self._conversations.record_message(
-                conversation_id, conversation.role_of(caller.user_id), message.seq, message.id, message.created_ms
-            )
             if attachment_ids:
                 await self._attachments.link_to_message(attachment_ids, message.id)
-            described = await self._attachments.describe(attachment_ids)
-            await self._fan_out("message:new", message, conversation.participants, described)
+            described = await self._attachments.describe(attachment_ids) if attachment_ids else {}
+            views = await self._fan_out("message:new", message, conversation.participants, described)
         await self._inbox.message_arrived(conversation, message)
 
         self._metrics.messages_sent.labels(kind=str(kind)).inc()
         if findings:
             self._metrics.messages_flagged.inc()
         self._metrics.ack_latency.observe(time.perf_counter() - started)
-        return message_view(message, caller.user_id, described)
+        return views.get(caller.user_id) or message_view(message, caller.user_id, described)
 
-    async def _insert_message(
+    def _message_builder(
         self,
         conversation: Conversation,
         sender_id: str,
@@ -221,15 +276,15 @@ class ChatService:
         kind: MessageKind,
         findings: list[ContactFinding],
         delivery_id: str | None,
-    ) -> Message | None:
-        """The stored message, with its events; None when the client_id was already stored."""
-        fresh = await self._conversations.get(conversation.id)
-        seq = (fresh or conversation).last_seq + 1
+    ) -> BuildMessage:
+        """What the store calls with the seq it takes: the message at that seq, with its events."""
         now = self._clock.now()
         flag_reasons = tuple(sorted({f.kind for f in findings}))
         hold = bool(findings) and self._settings.contact_policy is ContactPolicy.HOLD
+        masked_text = mask_contacts(text, findings) if findings else None
         message_id = new_id()
-        while True:
+
+        def build(seq: int) -> tuple[Message, list[Event]]:
             message = Message(
                 id=message_id,
                 conversation_id=conversation.id,
@@ -239,7 +294,7 @@ class ChatService:
                 kind=kind,
                 text=text,
                 created_at=now,
-                masked_text=mask_contacts(text, findings) if findings else None,
+                masked_text=masked_text,
                 attachment_ids=attachment_ids,
                 updated_seq=seq,
                 flagged=bool(findings),
@@ -250,15 +305,9 @@ class ChatService:
             events = [new_event("message.sent", conversation.id, _sent_data(message, conversation), occurred_at=now)]
             if findings:
                 events.append(self._flagged_event(message, flag_reasons, held=hold, occurred_at=now))
-            try:
-                await self._messages.insert(message, events)
-            except ClientIdTaken:
-                return None
-            except SeqTaken:
-                # Another node took this seq: continue after the highest one stored.
-                seq = max(seq, await self._messages.highest_seq(conversation.id)) + 1
-                continue
-            return message
+            return message, events
+
+        return build
 
     def _flagged_event(
         self, message: Message, reasons: Sequence[str], *, held: bool, occurred_at: Any = None, on_edit: bool = False
@@ -548,12 +597,22 @@ class ChatService:
 
     async def _fan_out(
         self, event: str, message: Message, user_ids: Sequence[str], described: Mapping[str, View]
-    ) -> None:
-        # Pushed under the conversation's lock, before the ack, so every client receives a
-        # conversation's changes in seq order. The recipient's view can differ from the
-        # sender's (masked or held text), so each participant is sent their own.
-        for user_id in dict.fromkeys(user_ids):
-            await self._notifier.emit(event, {"message": message_view(message, user_id, described)}, [user_id])
+    ) -> dict[str, View]:
+        """Push the message to every participant; returns each one's view (the sender's is its ack).
+
+        Pushed under the conversation's lock, before the ack, so every client receives a
+        conversation's changes in seq order. The recipient's view can differ from the sender's
+        (masked or held text, flag reasons), so each participant is sent their own; when all
+        views are the same (the common case), one emit to every room encodes the packet once.
+        """
+        views = {user_id: message_view(message, user_id, described) for user_id in dict.fromkeys(user_ids)}
+        distinct = list(views.values())
+        if all(view == distinct[0] for view in distinct[1:]):
+            await self._notifier.emit(event, {"message": distinct[0]}, list(views))
+        else:
+            for user_id, view in views.items():
+                await self._notifier.emit(event, {"message": view}, [user_id])
+        return views
 
 
 def _sent_data(message: Message, conversation: Conversation) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from chat.commands import (
 from chat.metrics import ChatMetrics
 from chat.service import ChatService
 from core.commands import parse
-from core.errors import Unauthenticated
+from core.errors import MessengerError, Unauthenticated
 from core.identity import Identity, TokenVerifier
 from core.sockets import Ack, SocketServer, acked
 
@@ -76,6 +76,14 @@ class ChatGateway:
         for event, name in self.EVENTS.items():
             handler: Callable[[Identity, Any], Awaitable[Ack]] = getattr(self, name)
             self._sio.on(event, acked(self._sio, event, handler, self._count_error))
+        # Past the node's in-flight budget a send is refused before anything is spent on it.
+        self._sio.admit("message:send", self._admit_send)
+
+    def _admit_send(self) -> MessengerError | None:
+        refused = self._chat.send_refusal()
+        if refused is not None:
+            self._count_error(refused.code)
+        return refused
 
     async def connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         token = auth.get("token") if isinstance(auth, dict) else None

@@ -14,7 +14,7 @@ from typing import Any
 
 from chat.model import Conversation, Message, Role
 from chat.search import conversation_key, viewer_key, visible_text
-from chat.store import MAX_CHANGED_PER_SYNC, ClientIdTaken, SeqTaken
+from chat.store import MAX_CHANGED_PER_SYNC, BuildMessage, ClientIdTaken, SeqTaken
 from core.events import Event
 from core.ids import new_id
 from core.sqlite import Connection, RecordCodec, SqliteEngine, append_events, from_ms, in_list, to_ms
@@ -136,17 +136,7 @@ class SqliteConversationStore:
     async def record_message(
         self, conversation_id: str, role: Role, seq: int, message_id: str, activity_ms: int
     ) -> None:
-        read = READ_COLUMN[role]
-
-        def record(c: Connection) -> None:
-            c.execute(
-                "UPDATE conversations SET last_seq = ?, last_message_id = ?, last_activity_ms = ?"
-                " WHERE id = ? AND last_seq < ?",
-                (seq, message_id, activity_ms, conversation_id, seq),
-            )
-            c.execute(f"UPDATE conversations SET {read} = max({read}, ?) WHERE id = ?", (seq, conversation_id))
-
-        await self._engine.run(record)
+        await self._engine.run(lambda c: _record_message(c, conversation_id, role, seq, message_id, activity_ms))
 
     async def touch_activity(self, conversation_id: str, activity_ms: int) -> None:
         await self._engine.run(
@@ -177,6 +167,20 @@ class SqliteConversationStore:
             return {p for row in rows for p in row if p != user_id}
 
         return await self._engine.run(partners, write=False)
+
+
+def _record_message(
+    c: Connection, conversation_id: str, role: Role, seq: int, message_id: str, activity_ms: int
+) -> None:
+    read = READ_COLUMN[role]
+    # One statement: every expression reads the row as it was, so a late seq moves only the read position.
+    c.execute(
+        "UPDATE conversations SET last_seq = max(last_seq, :seq),"
+        " last_message_id = CASE WHEN last_seq < :seq THEN :message_id ELSE last_message_id END,"
+        " last_activity_ms = CASE WHEN last_seq < :seq THEN :activity_ms ELSE last_activity_ms END,"
+        f" {read} = max({read}, :seq) WHERE id = :id",
+        {"seq": seq, "message_id": message_id, "activity_ms": activity_ms, "id": conversation_id},
+    )
 
 
 def _insert_message(c: Connection, message: Message) -> None:
@@ -229,6 +233,21 @@ def _backfill_search(c: Connection) -> None:
     c.execute("INSERT INTO message_search_state VALUES (1)")
 
 
+def _insert_with_events(c: Connection, message: Message, events: Sequence[Event]) -> None:
+    try:
+        _insert_message(c, message)
+    except sqlite3.IntegrityError:
+        # Decided by looking, not by parsing the error: a retry is a retry even if its seq clashes too.
+        taken = c.execute(
+            "SELECT 1 FROM messages WHERE sender_id = ? AND client_id = ?",
+            (message.sender_id, message.client_id),
+        ).fetchone()
+        if taken:
+            raise ClientIdTaken(message.client_id) from None
+        raise SeqTaken(message.seq) from None
+    append_events(c, events)
+
+
 class SqliteMessageStore:
     def __init__(self, engine: SqliteEngine) -> None:
         self._engine = engine
@@ -271,20 +290,33 @@ class SqliteMessageStore:
 
     async def insert(self, message: Message, events: Sequence[Event]) -> None:
         def insert(c: Connection) -> None:
-            try:
-                _insert_message(c, message)
-            except sqlite3.IntegrityError:
-                # Decided by looking, not by parsing the error: a retry is a retry even if its seq clashes too.
-                taken = c.execute(
-                    "SELECT 1 FROM messages WHERE sender_id = ? AND client_id = ?",
-                    (message.sender_id, message.client_id),
-                ).fetchone()
-                if taken:
-                    raise ClientIdTaken(message.client_id) from None
-                raise SeqTaken(message.seq) from None
-            append_events(c, events)
+            _insert_with_events(c, message, events)
 
         await self._engine.run(insert)
+
+    async def insert_next(
+        self, conversation_id: str, sender_role: Role, build: BuildMessage, *, last_seq: int | None = None
+    ) -> Message | None:
+        # The hint is not needed: reading the seq here is part of the same transaction.
+        def insert_next(c: Connection) -> Message | None:
+            row = c.execute("SELECT last_seq FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+            seq = (int(row[0]) if row else 0) + 1
+            while True:
+                message, events = build(seq)
+                try:
+                    _insert_with_events(c, message, events)
+                except ClientIdTaken:
+                    return None
+                except SeqTaken:  # a failed statement leaves the transaction open: carry on past it
+                    highest = c.execute(
+                        "SELECT max(seq) FROM messages WHERE conversation_id = ?", (conversation_id,)
+                    ).fetchone()
+                    seq = max(seq, int(highest[0] or 0)) + 1
+                    continue
+                _record_message(c, conversation_id, sender_role, message.seq, message.id, message.created_ms)
+                return message
+
+        return await self._engine.run(insert_next)
 
     async def save_change(self, message: Message, events: Sequence[Event]) -> Message | None:
         def save(c: Connection) -> Message | None:

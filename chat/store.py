@@ -6,7 +6,7 @@ call is atomic: a message and its events commit together, or not at all.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -23,6 +23,10 @@ class ClientIdTaken(Exception):
 
 class SeqTaken(Exception):
     """Another writer (another node) stored a message with this seq first."""
+
+
+# Builds the message to store at a given seq, with the events it commits with.
+BuildMessage = Callable[[int], tuple[Message, Sequence[Event]]]
 
 
 class ConversationStore(Protocol):
@@ -69,6 +73,23 @@ class MessageStore(Protocol):
 
     async def insert(self, message: Message, events: Sequence[Event]) -> None:
         """Store a message with its events; raises ClientIdTaken or SeqTaken on a clash."""
+
+    async def insert_next(
+        self, conversation_id: str, sender_role: Role, build: BuildMessage, *, last_seq: int | None = None
+    ) -> Message | None:
+        """Store the conversation's next message: the send path's storage in one call.
+
+        `last_seq` is the caller's recent reading of the conversation's last seq: an adapter that
+        would need a round trip to read it may start from there instead (a stale one only costs a
+        retry past the seq another writer took).
+
+        Reads the conversation's last seq, stores `build(last_seq + 1)` with its events (past a seq
+        another writer took meanwhile, building again), and records it on the conversation as
+        `ConversationStore.record_message` does. None when the sender had already stored a message
+        with that client_id. One transaction on SQLite; on MongoDB three awaited steps, each atomic
+        on its own document (read, insert with the outbox, record), as the separate calls were.
+        """
+        ...
 
     async def save_change(self, message: Message, events: Sequence[Event]) -> Message | None:
         """Write the message's changeable fields with its events, unless the stored one is deleted (then None)."""

@@ -89,6 +89,9 @@ class ChatSettings(_Section):
     message_max_chars: int = Field(default=5000, ge=1, le=100_000)
     send_rate_per_second: float = Field(default=5.0, gt=0)
     send_burst: int = Field(default=10, ge=1)
+    # Sends being stored and fanned out at once on this node; beyond it a send is refused as
+    # `overloaded` at once instead of queueing (and its ack arriving too late to be of use).
+    sends_in_flight_max: int = Field(default=512, ge=1)
     typing_min_interval_seconds: float = Field(default=0.5, ge=0)
     contact_policy: ContactPolicy = ContactPolicy.MASK
     history_page_max: int = Field(default=200, ge=1, le=1000)

@@ -72,6 +72,7 @@ class Code(StrEnum):
     BLOCKED = "blocked"
     USER_NOT_FOUND = "user_not_found"
     CANNOT_BLOCK_SELF = "cannot_block_self"
+    OVERLOADED = "overloaded"
     HTTP_ERROR = "http_error"
     INTERNAL_ERROR = "internal_error"
     NOT_READY = "not_ready"
@@ -133,6 +134,12 @@ class PayloadTooLarge(MessengerError):
 
 class RateLimited(MessengerError):
     status, code = 429, Code.RATE_LIMITED
+
+
+class Overloaded(MessengerError):
+    """This node has as much work in hand as it can finish promptly: retry after the hint."""
+
+    status, code = 503, Code.OVERLOADED
 
 
 class Unavailable(MessengerError):

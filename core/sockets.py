@@ -11,7 +11,6 @@ error ack, and a packet that breaks the protocol closes its connection instead o
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 import uuid
@@ -26,12 +25,15 @@ from core.commands import loads_client_json
 from core.errors import Code, InvalidInput, MessengerError, NotFound, Unauthenticated
 from core.http import Handler
 from core.identity import Identity
+from core.runtime import json_codec
 
 log = logging.getLogger(__name__)
 
 Ack = dict[str, Any]
 SocketHandler = Callable[[Identity, Any], Awaitable[Ack]]
 ConnectedHandler = Callable[[str], Awaitable[None]]
+# Asked before an event's handler is even scheduled: an error it returns is the ack (load shedding).
+Admission = Callable[[], MessengerError | None]
 
 # Names the Socket.IO protocol gives to the lifecycle; a client emitting one must not reach the
 # server's own `connect`/`disconnect` handlers (which python-socketio looks up in the same table).
@@ -56,7 +58,7 @@ class _UnreadableJson(ValueError):
 class _ClientJson:
     """The JSON module python-socketio's packets use: reading goes through the edge's bounded parser."""
 
-    dumps = staticmethod(json.dumps)
+    dumps = staticmethod(json_codec().dumps)  # orjson unless turned off (core/runtime.py)
 
     @staticmethod
     def loads(text: str | bytes) -> Any:
@@ -91,6 +93,15 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(serializer=ClientPacket, **kwargs)
         self._connected_handlers: list[ConnectedHandler] = []
+        self._admissions: dict[str, Admission] = {}
+
+    def admit(self, event: str, check: Admission) -> None:
+        """Ask check() for each `event` before its handler is scheduled; an error it returns is the ack.
+
+        A refusal here costs the packet's decoding and the ack, nothing else (no task, no session
+        look-up, no payload validation): under overload that is what keeps refusing affordable.
+        """
+        self._admissions[event] = check
 
     def on_connected(self, handler: ConnectedHandler) -> None:
         """Run handler(sid) once the client has been sent CONNECT (python-socketio's `connect` runs before).
@@ -105,6 +116,11 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
         self._connected_handlers.append(handler)
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        if self._admissions and isinstance(data, str) and data.startswith("42"):
+            refusal = self._early_refusal(eio_sid, data)
+            if refusal is not None:
+                await self.eio.send(eio_sid, refusal)
+                return
         try:
             await super()._handle_eio_message(eio_sid, data)
         except PROTOCOL_ERRORS as exc:
@@ -113,6 +129,37 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
             # by closing its connection, as the JavaScript server does; one line, no traceback.
             log.warning("unreadable Socket.IO packet; connection closed", extra={"problem": repr(exc)[:200]})
             await self.eio.disconnect(eio_sid)
+
+    def _early_refusal(self, eio_sid: str, data: str) -> str | None:
+        """The encoded ack refusing an admitted event on the default namespace, read from the raw packet.
+
+        Under overload most packets are refused: reading only `42<ack id>["<event>"` spares the
+        payload's JSON and the packet objects. Anything else (no ack id, another namespace, an event
+        admitted now) returns None and takes the ordinary path, which applies the same admission.
+        """
+        end = 2
+        while end < len(data) and data[end].isdigit():
+            end += 1
+        if end == 2 or end > 20:
+            return None
+        admission = next(
+            (
+                check
+                for event, check in self._admissions.items()
+                if data.startswith(f'["{event}"', end)
+                and data[end + len(event) + 3 : end + len(event) + 4] in (",", "]")
+            ),
+            None,
+        )
+        if admission is None:
+            return None
+        sid = self.manager.sid_from_eio_sid(eio_sid, "/")
+        if sid is None or not self.manager.is_connected(sid, "/"):
+            return None
+        error = admission()
+        if error is None:
+            return None
+        return f"3{data[2:end]}" + _ClientJson.dumps([{"ok": False, **error.to_json()}])
 
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
         await super()._handle_connect(eio_sid, namespace, data)
@@ -135,6 +182,8 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
         elif not isinstance(event, str) or event in RESERVED_EVENTS or event not in self.handlers.get(namespace, {}):
             # Lifecycle names are the server's own; unknown names would otherwise get no ack at all.
             error = NotFound("no such event", code=Code.UNKNOWN_EVENT)
+        elif (admission := self._admissions.get(event)) is not None:
+            error = admission()
         if error is None:
             await super()._handle_event(eio_sid, namespace, id, data)
             return

@@ -76,17 +76,21 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 1
         return run_worker_until_signalled(settings)
+    from core.runtime import chosen_json, install_event_loop
     from messenger.app import create_app
     from messenger.data_dir import DataDirInUse
     from messenger.web import page_origins
 
+    loop_name = install_event_loop()  # before run_app makes its loop
     log.info(
-        "messenger %s serving http://%s:%d (env %s, data dir %s)",
+        "messenger %s serving http://%s:%d (env %s, data dir %s, event loop %s, JSON %s)",
         __version__,
         args.host,
         args.port,
         settings.runtime.env,
         Path(settings.runtime.data_dir).absolute(),
+        loop_name,
+        chosen_json(),
     )
     app = create_app(settings, page_origins=page_origins(args.host, args.port))
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -141,6 +142,34 @@ async def test_a_clash_says_whether_the_client_id_or_the_seq_was_taken(stores: S
     assert await stores.messages.highest_seq(c.id) == 2
     assert await stores.messages.highest_seq("none") == 0
     assert [e.type for e in await stores.events.read()] == ["message.sent"]  # refused writes logged nothing
+
+
+async def test_insert_next_takes_the_next_seq_stores_the_events_and_records_it(stores: Stores) -> None:
+    c = await conversation(stores)
+    built: list[int] = []
+
+    def build(client_id: str, sender: str = "alice") -> Any:
+        def at(seq: int) -> tuple[Message, list[Any]]:
+            built.append(seq)
+            m = message(c.id, seq, sender=sender, client_id=client_id)
+            return m, [new_event("message.sent", c.id, {"seq": seq})]
+
+        return at
+
+    first = await stores.messages.insert_next(c.id, Role.BUYER, build("k1"))
+    assert first is not None and first.seq == 1 and await stores.messages.get(first.id) == first
+    # A seq another writer stored without recording it on the conversation is stepped over.
+    await stores.messages.insert(message(c.id, 2, sender="bob", client_id="elsewhere"), [])
+    second = await stores.messages.insert_next(c.id, Role.SELLER, build("k2", sender="bob"))
+    assert second is not None and second.seq == 3 and built == [1, 2, 3]
+    stored = await stores.conversations.get(c.id)
+    assert stored is not None
+    assert (stored.last_seq, stored.last_message_id, stored.last_activity_ms) == (3, second.id, second.created_ms)
+    assert (stored.buyer_read_seq, stored.seller_read_seq) == (1, 3)
+    # The same sender's client_id again: nothing stored, nothing logged, the conversation unchanged.
+    assert await stores.messages.insert_next(c.id, Role.BUYER, build("k1")) is None
+    assert await stores.conversations.get(c.id) == stored
+    assert [e.data["seq"] for e in await stores.events.read()] == [1, 3]
 
 
 async def test_save_change_writes_the_changeable_fields_and_refuses_a_deleted_message(stores: Stores) -> None:

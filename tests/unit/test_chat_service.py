@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from core.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge, RateLimited
+from core.errors import Conflict, Forbidden, InvalidInput, NotFound, Overloaded, PayloadTooLarge, RateLimited
 from tests.conftest import Wired, alice, bob, logged, mallory, person
 
 
@@ -144,6 +144,22 @@ async def test_send_rate_limit_allows_a_burst_then_refuses(wire_with: Any) -> No
     assert error.value.code == "rate_limited" and error.value.details["retry_after_ms"] > 0
     # another user is not affected, and nothing was stored for the refused send
     assert (await send(w, bob, cid, "mine"))["seq"] == 4
+
+
+async def test_sends_beyond_the_in_flight_budget_are_refused_as_overloaded_and_store_nothing(
+    wire_with: Any,
+) -> None:
+    w = await wire_with(chat={"send_rate_per_second": 1000, "send_burst": 1000, "sends_in_flight_max": 2})
+    cid = await open_chat(w)
+    results = await asyncio.gather(
+        *(send(w, alice, cid, f"m{i}", client_id=f"k{i}") for i in range(6)), return_exceptions=True
+    )
+    refused = [r for r in results if isinstance(r, Overloaded)]
+    assert len(refused) == 4 and sorted(r["seq"] for r in results if isinstance(r, dict)) == [1, 2]
+    assert all(r.code == "overloaded" and r.details["retry_after_ms"] > 0 for r in refused)
+    # Nothing was stored for a refused send: sent again, it takes the next seq, with no gap.
+    assert (await send(w, alice, cid, "m5", client_id="k5"))["seq"] == 3
+    assert len(await logged(w.events, "message.sent")) == 3
 
 
 async def test_read_receipts_only_move_forward_and_unread_counts(wired: Wired) -> None:

@@ -1,0 +1,137 @@
+"""A deliberately minimal python-socketio relay on aiohttp: the baseline `messenger serve` is held to.
+
+Same wire contract as bench/relay.mjs (REST get-or-create of a conversation, `message:send` with
+an ack, `message:new` to both participants' `user:{id}` rooms) and the same shortcuts: the JWT
+payload is decoded, not verified; conversations and seqs live in memory; no storage, idempotency,
+rate limit, contact filter or events. It runs on the same event loop and JSON codec as the
+messenger (core/runtime.py: uvloop and orjson unless turned off), so the ratio bench/chat prints
+is "what our own code costs on top of the stack it is built on".
+
+    PYTHONPATH=. python bench/pyrelay.py --port 9001
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import socketio
+from aiohttp import web
+
+from core.runtime import install_event_loop, json_codec
+from core.sockets import without_websocket_compression
+
+
+def user_from_token(token: Any) -> str | None:
+    if not isinstance(token, str) or token.count(".") != 2:
+        return None
+    try:
+        part = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    except ValueError:
+        return None
+    sub = claims.get("sub") if isinstance(claims, dict) else None
+    return sub if isinstance(sub, str) and sub else None
+
+
+def build() -> web.Application:
+    codec = json_codec()
+    sio = socketio.AsyncServer(async_mode="aiohttp", json=codec, max_http_buffer_size=256 * 1024)
+    conversations: dict[str, dict[str, Any]] = {}
+    by_pair: dict[tuple[str, str, str | None], str] = {}
+    users: dict[str, str] = {}
+
+    async def open_conversation(request: web.Request) -> web.Response:
+        user = user_from_token(request.headers.get("Authorization", "").removeprefix("Bearer "))
+        if user is None:
+            return web.json_response({"error": {"code": "token_missing", "message": "a token is needed"}}, status=401)
+        body = await request.json(loads=codec.loads)
+        buyer, seller, order = body["buyer_id"], body["seller_id"], body.get("order_id")
+        if user not in (buyer, seller):
+            return web.json_response({"error": {"code": "not_a_participant", "message": "not yours"}}, status=403)
+        key = (buyer, seller, order)
+        created = key not in by_pair
+        if created:
+            cid = uuid.uuid4().hex
+            by_pair[key] = cid
+            conversations[cid] = {
+                "id": cid,
+                "buyer_id": buyer,
+                "seller_id": seller,
+                "order_id": order,
+                "last_seq": 0,
+                "created_at": datetime.now(UTC).isoformat(),
+            }
+        return web.json_response(conversations[by_pair[key]], status=201 if created else 200, dumps=codec.dumps)
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "relay": "python-socketio"})
+
+    @sio.on("connect")
+    async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        user = user_from_token(auth.get("token") if isinstance(auth, dict) else None)
+        if user is None:
+            raise socketio.exceptions.ConnectionRefusedError({"code": "token_missing"})
+        users[sid] = user
+        await sio.enter_room(sid, f"user:{user}")
+
+    @sio.on("disconnect")
+    async def disconnect(sid: str, reason: Any = None) -> None:
+        users.pop(sid, None)
+
+    @sio.on("message:send")
+    async def send(sid: str, payload: Any = None) -> dict[str, Any]:
+        user = users.get(sid)
+        conversation = conversations.get(payload.get("conversation_id")) if isinstance(payload, dict) else None
+        if conversation is None or user not in (conversation["buyer_id"], conversation["seller_id"]):
+            return {"ok": False, "error": {"code": "conversation_not_found", "message": "no such conversation"}}
+        conversation["last_seq"] += 1
+        seq = conversation["last_seq"]
+        now = datetime.now(UTC).isoformat()
+        message = {
+            "id": uuid.uuid4().hex,
+            "conversation_id": conversation["id"],
+            "seq": seq,
+            "sender_id": user,
+            "client_id": payload.get("client_id"),
+            "kind": "text",
+            "text": str(payload.get("text", "")),
+            "attachments": [],
+            "created_at": now,
+            "edited_at": None,
+            "deleted": False,
+            "updated_seq": seq,
+        }
+        # Fanned out before the ack, as the messenger does (it pushes under the conversation's lock).
+        rooms = [f"user:{conversation['buyer_id']}", f"user:{conversation['seller_id']}"]
+        await sio.emit("message:new", {"message": message}, room=rooms)
+        return {"ok": True, "message": message}
+
+    # Websocket compression declined, as `messenger serve` does by default (per-connection zlib state).
+    app = web.Application(middlewares=[without_websocket_compression])
+    app.router.add_get("/healthz", healthz)
+    app.router.add_post("/api/v1/conversations", open_conversation)
+    sio.attach(app)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9001)
+    args = parser.parse_args()
+    loop = install_event_loop()
+    print(json.dumps({"event": "listening", "port": args.port, "loop": loop, "json": json_codec().name}), flush=True)
+    web.run_app(build(), host=args.host, port=args.port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()
