@@ -12,27 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import json
 import logging
 import os
 import secrets
-import signal
 import socket
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from core.children import POLL_INTERVAL_SECONDS, die_with_parent, read_int, stop_child, stop_stale_process, tail
+
 log = logging.getLogger(__name__)
 
 SERVER_MODULE = "attachments.embedded_s3_server"
-_PR_SET_PDEATHSIG = 1
-_STOP_GRACE = 5.0
-_POLL_INTERVAL = 0.05
 
 
 class EmbeddedS3Unavailable(Exception):
@@ -94,7 +90,8 @@ class EmbeddedS3:
         if self._process is not None and self._process.returncode is None:
             return self.endpoint_url
         self._root.mkdir(parents=True, exist_ok=True)
-        stop_stale_process(self._root / "server.pid", must_mention=(SERVER_MODULE, str(self.objects_dir.resolve())))
+        marks = (SERVER_MODULE, str(self.objects_dir.resolve()))
+        stop_stale_process(self._root / "server.pid", is_ours=lambda argv: all(m in " ".join(argv) for m in marks))
         self._credentials = load_or_create_credentials(self._root / "credentials.json")
         listener = self._bind()
         self._port = int(listener.getsockname()[1])
@@ -137,8 +134,8 @@ class EmbeddedS3:
                 code = self._process.returncode
                 await self.stop()
                 why = f"exited with status {code}" if code is not None else f"did not answer within {timeout:g} s"
-                raise EmbeddedS3Unavailable(f"the embedded S3 server {why}: {_tail(log_path)} (log: {log_path})")
-            await asyncio.sleep(_POLL_INTERVAL)
+                raise EmbeddedS3Unavailable(f"the embedded S3 server {why}: {tail(log_path)} (log: {log_path})")
+            await asyncio.sleep(POLL_INTERVAL_SECONDS)
         log.info(
             "embedded S3 server pid %d ready at %s, files in %s",
             self._process.pid,
@@ -150,16 +147,7 @@ class EmbeddedS3:
 
     async def stop(self) -> None:
         process, self._process = self._process, None
-        if process is not None and process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), _STOP_GRACE)
-            except TimeoutError:
-                log.warning("embedded S3 server pid %d ignored SIGTERM, killing it", process.pid)
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                await process.wait()
+        await stop_child(process, "embedded S3 server")
         if process is not None:
             with contextlib.suppress(FileNotFoundError):
                 (self._root / "server.pid").unlink()
@@ -169,7 +157,7 @@ class EmbeddedS3:
 
     def _bind(self) -> socket.socket:
         """Listen on the configured port, else the one used last time, else any free one."""
-        remembered = _read_int(self._root / "port")
+        remembered = read_int(self._root / "port")
         candidates = [self._wanted_port] if self._wanted_port else [p for p in (remembered, 0) if p is not None]
         for index, port in enumerate(candidates):
             listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -210,54 +198,6 @@ def load_or_create_credentials(path: Path) -> S3Credentials:
     return credentials
 
 
-def die_with_parent() -> Callable[[], None]:
-    """A preexec_fn: the child gets SIGKILL when the thread that started it dies, even by kill -9.
-
-    Run the spawn on the thread that lives as long as the service (the event loop's): Linux sends
-    the signal when that thread exits. If the parent died before prctl took effect, exit at once.
-    """
-    libc = ctypes.CDLL(None, use_errno=True)  # loaded here: nothing may be loaded after fork
-    prctl = getattr(libc, "prctl", None)  # looked up before fork too; None off Linux (stale-pid cleanup only)
-    parent = os.getpid()
-
-    def in_child() -> None:
-        if prctl is None:
-            return
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return in_child
-
-
-def stop_stale_process(pid_file: Path, *, must_mention: Sequence[str]) -> int | None:
-    """Kill a process left by an earlier start, if the pid file names one whose command line is ours.
-
-    The data dir lock guarantees no live service owns it, so such a process is an orphan. The
-    command-line check keeps a reused pid of an unrelated process safe. Returns the pid stopped.
-    """
-    pid = _read_int(pid_file)
-    if pid is None or pid == os.getpid():
-        return None
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return None  # gone already
-    if not all(part in cmdline for part in must_mention):
-        return None
-    log.warning("stopping pid %d left running by an earlier start (%s)", pid, pid_file)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + _STOP_GRACE
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        # An orphan was reparented to init (or a subreaper), which reaps it; until then it is a zombie.
-        with contextlib.suppress(OSError):
-            if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
-                break
-        time.sleep(_POLL_INTERVAL)
-    return pid
-
-
 async def answers_http(port: int) -> bool:
     """True once anything answers HTTP on the port (an unsigned request gets nanio's 403)."""
     try:
@@ -275,19 +215,3 @@ async def answers_http(port: int) -> bool:
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
-
-
-def _read_int(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _tail(path: Path, lines: int = 5) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    last = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
-    return " | ".join(last) if last else "(empty log)"

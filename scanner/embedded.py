@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import shutil
-import signal
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from core.children import POLL_INTERVAL_SECONDS, die_with_parent, stop_child, stop_stale_process, tail
 from scanner.clamd_client import ClamdClient
 
 logger = logging.getLogger(__name__)
@@ -33,9 +30,6 @@ _MAX_FILE_SIZE_CAP = 2_147_483_645
 # Archives expand: allow several times the stream limit of extracted data, at least clamd's
 # default.
 _DEFAULT_MAX_SCAN_SIZE = 400 * 1024 * 1024
-_STOP_GRACE = 5.0
-_POLL_INTERVAL = 0.05
-_PR_SET_PDEATHSIG = 1
 
 
 class ClamdUnavailable(Exception):
@@ -117,7 +111,7 @@ class EmbeddedClamd:
                 stderr=self._stderr,
                 # Dies with us, even on kill -9; spawned on the event loop's thread, whose exit is
                 # what Linux takes as the parent's death.
-                preexec_fn=_die_with_parent(),
+                preexec_fn=die_with_parent(),
             )
         except OSError as exc:
             await self.stop()
@@ -132,29 +126,20 @@ class EmbeddedClamd:
                 await self.stop()
                 raise ClamdUnavailable(
                     f"clamd exited with status {code} before answering PING: "
-                    f"{_tail(stderr_log)} (full log: {stderr_log})"
+                    f"{tail(stderr_log)} (full log: {stderr_log})"
                 )
             if loop.time() >= deadline:
                 await self.stop()
                 raise ClamdUnavailable(
-                    f"clamd did not answer PING within {timeout:g} s: {_tail(stderr_log)} (full log: {stderr_log})"
+                    f"clamd did not answer PING within {timeout:g} s: {tail(stderr_log)} (full log: {stderr_log})"
                 )
-            await asyncio.sleep(_POLL_INTERVAL)
+            await asyncio.sleep(POLL_INTERVAL_SECONDS)
         logger.info("clamd pid %d ready at %s", self._process.pid, self.address)
         return self.address
 
     async def stop(self) -> None:
         process, self._process = self._process, None
-        if process is not None and process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), _STOP_GRACE)
-            except TimeoutError:
-                logger.warning("clamd pid %d ignored SIGTERM, killing it", process.pid)
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                await process.wait()
+        await stop_child(process, "clamd")
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
@@ -240,51 +225,5 @@ class EmbeddedClamd:
 
 def stop_stale_clamd(workdir: Path) -> int | None:
     """Kill the clamd named by `workdir/clamd.pid` if it still runs on this workdir's config; its pid or None."""
-    try:
-        pid = int((workdir / "clamd.pid").read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except (OSError, ValueError):
-        return None
-    if f"--config-file={workdir / 'clamd.conf'}" not in cmdline:
-        return None  # gone, or the pid now belongs to something else
-    logger.warning("stopping clamd pid %d left running by an earlier start on %s", pid, workdir)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + _STOP_GRACE
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1]
-        except (OSError, IndexError):
-            break
-        if state == "Z":  # dead; its new parent (init) reaps it
-            break
-        time.sleep(_POLL_INTERVAL)
-    return pid
-
-
-def _die_with_parent() -> Callable[[], None]:
-    """A preexec_fn arming PR_SET_PDEATHSIG (SIGKILL); exits if the parent is already gone.
-
-    attachments/embedded_s3.py has the same few lines: scanner imports nothing of ours.
-    """
-    libc = ctypes.CDLL(None, use_errno=True)  # loaded before fork: nothing may be loaded after it
-    prctl = getattr(libc, "prctl", None)  # looked up before fork too; None off Linux (stale-pid cleanup only)
-    parent = os.getpid()
-
-    def in_child() -> None:
-        if prctl is None:
-            return
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return in_child
-
-
-def _tail(path: Path, lines: int = 5) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    last = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
-    return " | ".join(last) if last else "(empty log)"
+    config = f"--config-file={workdir / 'clamd.conf'}"
+    return stop_stale_process(workdir / "clamd.pid", is_ours=lambda argv: config in argv)
