@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -107,3 +108,21 @@ def start(tmp_path: Path) -> Iterator[Callable[..., RunningService]]:
     yield launch
     for running in started:
         stop_service(running)
+
+
+def rest(
+    service: RunningService, user_id: str, method: str, path: str, body: Any = None, *, moderator: bool = False
+) -> Any:
+    """A REST call to the service as `user_id` would make it; the JSON answer (None for an empty one)."""
+    request = urllib.request.Request(
+        service.url + "/api/v1" + path,
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={
+            "Authorization": f"Bearer {service.token(user_id, moderator=moderator)}",
+            "Content-Type": "application/json",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        raw = response.read()
+        return json.loads(raw) if raw else None

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import urllib.request
 from collections import defaultdict
 from typing import Any
 
 import pytest
 import socketio
 
-from tests.e2e.conftest import RunningService
+from tests.e2e.conftest import RunningService, rest
 
 pytestmark = pytest.mark.e2e
 
@@ -58,23 +56,6 @@ class Person:
 
     async def close(self) -> None:
         await self.sio.disconnect()
-
-
-def rest(
-    service: RunningService, user_id: str, method: str, path: str, body: Any = None, *, moderator: bool = False
-) -> Any:
-    request = urllib.request.Request(
-        service.url + "/api/v1" + path,
-        method=method,
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={
-            "Authorization": f"Bearer {service.token(user_id, moderator=moderator)}",
-            "Content-Type": "application/json",
-        },
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        raw = response.read()
-        return json.loads(raw) if raw else None
 
 
 def open_conversation(service: RunningService, buyer: str, seller: str, order_id: str | None = None) -> str:

@@ -10,7 +10,6 @@ restart, and an upload granted before it is completed after it.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -23,34 +22,18 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.conftest import REPO, RunningService, start_service, stop_service
+from tests.e2e.conftest import REPO, RunningService, rest, start_service, stop_service
 from tests.e2e.test_chat_python_client import Person, open_conversation
 from tests.e2e.test_delivery_e2e import png, upload
 
 pytestmark = pytest.mark.e2e
 
 
-def call(
-    service: RunningService, user: str, method: str, path: str, body: Any = None, *, moderator: bool = False
-) -> Any:
-    request = urllib.request.Request(
-        service.url + "/api/v1" + path,
-        method=method,
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={
-            "Authorization": f"Bearer {service.token(user, moderator=moderator)}",
-            "Content-Type": "application/json",
-        },
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read() or b"null")
-
-
 def all_events(service: RunningService) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
     after = "0"
     while True:
-        page = call(service, "mod", "GET", f"/events?after={after}&limit=1000", moderator=True)
+        page = rest(service, "mod", "GET", f"/events?after={after}&limit=1000", moderator=True)
         events += page["events"]
         if not page["events"]:
             return events
@@ -62,7 +45,7 @@ def history(service: RunningService, user: str, conversation_id: str) -> list[di
     messages: list[dict[str, Any]] = []
     path = f"/conversations/{conversation_id}/messages?limit=200"
     while True:
-        page = call(service, user, "GET", path)
+        page = rest(service, user, "GET", path)
         messages = page["messages"] + messages
         if not page["has_more"]:
             return messages
@@ -136,10 +119,10 @@ async def test_every_acknowledged_write_survives_a_restart(tmp_path: Path, stop_
         flagged = await seller.send(cid, "whatsapp me +44 20 7946 0958", "s-phone")
         acked.append(flagged)
         queued = await eventually(
-            lambda: call(service, "mod", "GET", "/moderation/queue?kind=message", moderator=True)["items"]
+            lambda: rest(service, "mod", "GET", "/moderation/queue?kind=message", moderator=True)["items"]
         )
         assert queued[0]["target_id"] == flagged["id"]
-        decided = call(
+        decided = rest(
             service,
             "mod",
             "POST",
@@ -148,7 +131,7 @@ async def test_every_acknowledged_write_survives_a_restart(tmp_path: Path, stop_
             moderator=True,
         )
         file_id = await upload(service, "seller", cid, png(7), "logo.png", "image/png")
-        delivery = call(
+        delivery = rest(
             service,
             "seller",
             "POST",
@@ -157,11 +140,11 @@ async def test_every_acknowledged_write_survives_a_restart(tmp_path: Path, stop_
         )
         # A file released before the stop, and a grant whose upload is finished after the restart.
         await eventually(
-            lambda: call(service, "seller", "GET", f"/attachments/{file_id}")["status"] in ("clean", "ready"),
+            lambda: rest(service, "seller", "GET", f"/attachments/{file_id}")["status"] in ("clean", "ready"),
             timeout=20,
         )
         later = png(8)
-        granted = call(
+        granted = rest(
             service,
             "seller",
             "POST",
@@ -200,24 +183,24 @@ async def test_every_acknowledged_write_survives_a_restart(tmp_path: Path, stop_
         await back.close()
         assert next_one["seq"] == seqs[-1] + 1
 
-        [conversation] = call(again, "buyer", "GET", "/conversations")["conversations"]
+        [conversation] = rest(again, "buyer", "GET", "/conversations")["conversations"]
         assert conversation["id"] == cid and conversation["order_id"] == "order-7"
-        assert call(again, "seller", "GET", f"/deliveries/{delivery['id']}")["attachment_ids"] == [file_id]
-        assert call(again, "seller", "GET", f"/attachments/{file_id}")["filename"] == "logo.png"
+        assert rest(again, "seller", "GET", f"/deliveries/{delivery['id']}")["attachment_ids"] == [file_id]
+        assert rest(again, "seller", "GET", f"/attachments/{file_id}")["filename"] == "logo.png"
         assert await download(again, "buyer", file_id) == png(7)
         await put_granted(granted, later)  # the URL was signed before the restart
-        completed = call(again, "seller", "POST", f"/attachments/{granted['attachment']['id']}/complete", {})
+        completed = rest(again, "seller", "POST", f"/attachments/{granted['attachment']['id']}/complete", {})
         assert completed["status"] == "uploaded"
         later_id = granted["attachment"]["id"]
         await eventually(  # the restarted pipeline scans it and releases it
-            lambda: call(again, "seller", "GET", f"/attachments/{later_id}")["status"] in ("clean", "ready"), timeout=20
+            lambda: rest(again, "seller", "GET", f"/attachments/{later_id}")["status"] in ("clean", "ready"), timeout=20
         )
         assert await download(again, "buyer", later_id) == later
-        [audit] = call(again, "mod", "GET", f"/moderation/decisions?target_id={flagged['id']}", moderator=True)[
+        [audit] = rest(again, "mod", "GET", f"/moderation/decisions?target_id={flagged['id']}", moderator=True)[
             "decisions"
         ]
         assert audit["id"] == decided["decision_id"] and audit["note"] == "a business line"
-        assert call(again, "mod", "GET", "/moderation/queue?kind=message", moderator=True)["items"] == []
+        assert rest(again, "mod", "GET", "/moderation/queue?kind=message", moderator=True)["items"] == []
 
         events = all_events(again)
         positions = [e["position"] for e in events]
@@ -239,7 +222,7 @@ async def test_a_backup_taken_while_writing_restores_into_a_new_data_dir(tmp_pat
     acked: list[dict[str, Any]] = []
     file_id = await upload(service, "buyer", cid, png(3), "brief.png", "image/png")
     await eventually(
-        lambda: call(service, "buyer", "GET", f"/attachments/{file_id}")["status"] in ("clean", "ready"), timeout=20
+        lambda: rest(service, "buyer", "GET", f"/attachments/{file_id}")["status"] in ("clean", "ready"), timeout=20
     )
     writer = asyncio.create_task(keep_sending(buyer, cid, acked, "m"))
     try:

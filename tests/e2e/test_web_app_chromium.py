@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import threading
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import REPO, RunningService, free_port, start_service, stop_service
+from tests.e2e.conftest import REPO, RunningService, free_port, rest, start_service, stop_service
 from tests.e2e.test_web_client_chromium import (
     EICAR,
     SCAN_TIMEOUT_MS,
@@ -107,17 +106,6 @@ def screenshot(person: Person, name: str) -> None:
     shots = os.environ.get("MESSENGER_SCREENSHOT_DIR")
     if shots:
         person.page.screenshot(path=str(Path(shots) / f"{name}.png"))
-
-
-def rest(service: RunningService, user: str, method: str, path: str, body: Any = None) -> Any:
-    request = urllib.request.Request(
-        service.url + "/api/v1" + path,
-        method=method,
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"Authorization": "Bearer " + service.token(user), "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read() or b"null")
 
 
 def send(person: Person, text: str) -> None:
