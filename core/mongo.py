@@ -13,9 +13,11 @@ the unique `_id`), so a reader that has seen position N can never later find an 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any
 
 from pymongo.errors import DuplicateKeyError
@@ -38,6 +40,17 @@ def aware(moment: datetime | None) -> datetime | None:
     if moment is None or moment.tzinfo is not None:
         return moment
     return moment.replace(tzinfo=UTC)
+
+
+def stored_value(value: Any) -> Any:
+    """A record's value as a document holds it: nested records as sub-documents, enums by value, tuples as lists."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: stored_value(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, tuple | list):
+        return [stored_value(v) for v in value]
+    return value
 
 
 def event_doc(event: Event) -> Doc:
@@ -236,5 +249,6 @@ __all__ = [
     "duplicate_key_fields",
     "event_doc",
     "event_from_doc",
+    "stored_value",
     "with_outbox",
 ]

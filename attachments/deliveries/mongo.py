@@ -10,22 +10,14 @@ from pymongo import ASCENDING, ReturnDocument
 
 from attachments.deliveries.model import Delivery, DeliveryStatus
 from core.events import Event
-from core.mongo import NO_OUTBOX, Doc, Outbox, aware, with_outbox
+from core.mongo import NO_OUTBOX, Doc, Outbox, aware, stored_value, with_outbox
 
 DELIVERIES = "deliveries"
 FIELDS = frozenset(f.name for f in dataclasses.fields(Delivery))
 
 
-def _value(value: Any) -> Any:
-    if isinstance(value, DeliveryStatus):
-        return str(value)
-    if isinstance(value, tuple):
-        return list(value)
-    return value
-
-
 def delivery_doc(delivery: Delivery) -> Doc:
-    return {"_id": delivery.id, **{name: _value(getattr(delivery, name)) for name in FIELDS if name != "id"}}
+    return {"_id": delivery.id, **{name: stored_value(getattr(delivery, name)) for name in FIELDS if name != "id"}}
 
 
 def delivery_from_doc(doc: Mapping[str, Any]) -> Delivery:
@@ -97,7 +89,7 @@ class MongoDeliveryStore:
             raise ValueError(f"not fields of a delivery: {sorted(unknown)}")
         doc = await self._deliveries.find_one_and_update(
             {"_id": delivery_id, "status": {"$in": [str(s) for s in from_statuses]}},
-            with_outbox({"$set": {k: _value(v) for k, v in changes.items()}}, events),
+            with_outbox({"$set": {k: stored_value(v) for k, v in changes.items()}}, events),
             projection=NO_OUTBOX,
             return_document=ReturnDocument.AFTER,
         )

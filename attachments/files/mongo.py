@@ -11,25 +11,14 @@ from pymongo import ASCENDING, ReturnDocument
 
 from attachments.files.model import Attachment, AttachmentStatus, ScanOutcome, UploadMethod, UploadPlan
 from core.events import Event
-from core.mongo import NO_OUTBOX, Doc, Outbox, aware, with_outbox
+from core.mongo import NO_OUTBOX, Doc, Outbox, aware, stored_value, with_outbox
 
 ATTACHMENTS = "attachments"
 FIELDS = frozenset(f.name for f in dataclasses.fields(Attachment))
 
 
-def _value(value: Any) -> Any:
-    """A record value as stored: nested records become sub-documents, statuses their names."""
-    if isinstance(value, ScanOutcome | UploadPlan):
-        return {k: _value(v) for k, v in dataclasses.asdict(value).items()}
-    if isinstance(value, AttachmentStatus | UploadMethod):
-        return str(value)
-    if isinstance(value, tuple):
-        return list(value)
-    return value
-
-
 def attachment_doc(attachment: Attachment) -> Doc:
-    doc = {name: _value(getattr(attachment, name)) for name in FIELDS if name != "id"}
+    doc = {name: stored_value(getattr(attachment, name)) for name in FIELDS if name != "id"}
     return {"_id": attachment.id, **doc, "created_ms": attachment.created_ms}
 
 
@@ -37,7 +26,7 @@ def changes_doc(changes: Mapping[str, Any]) -> Doc:
     unknown = set(changes) - FIELDS
     if unknown:
         raise ValueError(f"not fields of an attachment: {sorted(unknown)}")
-    return {name: _value(value) for name, value in changes.items()}
+    return {name: stored_value(value) for name, value in changes.items()}
 
 
 def attachment_from_doc(doc: Mapping[str, Any]) -> Attachment:
