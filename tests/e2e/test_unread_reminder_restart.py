@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import RunningService, start_service, stop_service
-from tests.e2e.test_restart_durability import all_events, call
+from tests.e2e.conftest import RunningService, rest, start_service, stop_service
+from tests.e2e.test_restart_durability import all_events
 
 pytestmark = pytest.mark.e2e
 DELAY_SECONDS = 2.0
@@ -27,9 +27,9 @@ def reminders(service: RunningService) -> list[dict[str, object]]:
 def test_a_reminder_due_while_the_service_was_down_fires_once_after_the_restart(tmp_path: Path) -> None:
     first = start_service(tmp_path, env=ENV)
     try:
-        conversation = call(first, "alice", "POST", "/conversations", {"buyer_id": "alice", "seller_id": "bob"})
+        conversation = rest(first, "alice", "POST", "/conversations", {"buyer_id": "alice", "seller_id": "bob"})
         sent = time.monotonic()
-        call(first, "bob", "POST", f"/conversations/{conversation['id']}/messages", {"client_id": "b1", "text": "hi"})
+        rest(first, "bob", "POST", f"/conversations/{conversation['id']}/messages", {"client_id": "b1", "text": "hi"})
     finally:
         stop_service(first)
     assert time.monotonic() - sent < DELAY_SECONDS, "the service must stop before the reminder is due"
