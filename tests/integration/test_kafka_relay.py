@@ -14,12 +14,10 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from mongomock_motor import AsyncMongoMockClient
 
@@ -29,22 +27,13 @@ from core.events import new_event
 from core.mongo import MongoEventLog
 from tests.conftest import Wired, logged
 from tests.integration import kafka_broker
-from tests.integration.kafka_broker import TansuBroker
+from tests.integration.kafka_broker import TansuBroker, read_topics
 from workers.kafka_relay import KafkaRelay, topic_for
 from workers.mongo import MongoRelayCheckpoints
 
 # The module-scoped broker fixtures (one tansu for the whole module).
 tansu = kafka_broker.tansu
 kafka_bootstrap = kafka_broker.kafka_bootstrap
-
-
-@dataclass(frozen=True)
-class Received:
-    topic: str
-    partition: int
-    key: str | None
-    value: dict[str, Any]
-    headers: dict[str, str]
 
 
 def settings_for(bootstrap: str, **overrides: Any) -> KafkaSettings:
@@ -67,42 +56,6 @@ async def drain(relay: KafkaRelay) -> int:
     while sent := await relay.relay_once():
         total += sent
     return total
-
-
-async def read_topics(bootstrap: str, topics: Iterable[str]) -> list[Received]:
-    """Everything in `topics` from the beginning up to the current end: exact, no quiet period."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        existing = await consumer.topics()
-        partitions = [
-            TopicPartition(topic, p)
-            for topic in sorted(set(topics) & existing)
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
-        if not partitions:
-            return []
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        received: list[Received] = []
-        deadline = time.monotonic() + 10
-        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
-            assert time.monotonic() < deadline, "consumer did not reach the end offsets"
-            for records in (await consumer.getmany(timeout_ms=200)).values():
-                received += [
-                    Received(
-                        topic=r.topic,
-                        partition=r.partition,
-                        key=r.key.decode() if r.key is not None else None,
-                        value=json.loads(r.value),
-                        headers={name: value.decode() for name, value in r.headers},
-                    )
-                    for r in records
-                ]
-        return received
-    finally:
-        await consumer.stop()
 
 
 def topics(settings: KafkaSettings, *families: str) -> list[str]:
