@@ -450,7 +450,12 @@ async def loops_started(container: Container, *, pipeline: bool, housekeeping: b
     if container.settings.kafka.bootstrap_servers:
         from workers.kafka_relay import KafkaRelay
 
-        relay = KafkaRelay(container.settings.kafka, container.events, container.relay_checkpoints)
+        relay = KafkaRelay(
+            container.settings.kafka,
+            container.events,
+            container.relay_checkpoints,
+            owner_id=single_node_relay_owner(container.settings),
+        )
         spawn("kafka-relay", relay.run_forever)
     try:
         yield
@@ -468,6 +473,19 @@ async def loops_started(container: Container, *, pipeline: bool, housekeeping: b
         tasks.clear()
         if relay is not None:
             await relay.stop()
+
+
+def single_node_relay_owner(settings: Settings) -> str | None:
+    """On SQLite, the relay's lease holder is named by the data dir rather than the process.
+
+    Only the process holding the data dir's lock opens its database, so a lease held in it belongs
+    to this process or to a dead one: a service restarted after kill -9 takes its lease back at once
+    instead of idling until it runs out (30 s). On MongoDB several relays share one database, so
+    each process keeps an owner of its own (None: the relay makes one).
+    """
+    if settings.mongo.uri:
+        return None
+    return f"data-dir:{Path(settings.runtime.data_dir).absolute()}"
 
 
 async def ensure_schemas(container: Container) -> None:

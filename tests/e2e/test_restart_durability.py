@@ -5,6 +5,10 @@ numbering without a gap. A backup taken while a writer writes restores into a ne
 
 The embedded S3 keeps files on disk too: a released file's bytes are still served after the
 restart, and an upload granted before it is completed after it.
+
+With Kafka configured, the relay inside `messenger serve` resumes from its checkpoint after the
+restart: a consumer sees every acknowledged message's `message.sent` at least once, each
+conversation's events in log order once duplicates are dropped by id.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+import uuid
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +31,12 @@ import pytest
 from tests.e2e.conftest import REPO, RunningService, rest, start_service, stop_service
 from tests.e2e.test_chat_python_client import Person, open_conversation
 from tests.e2e.test_delivery_e2e import png, upload
+from tests.integration import kafka_broker
+from tests.integration.kafka_broker import Received, TansuBroker, read_topics
 
 pytestmark = pytest.mark.e2e
+
+tansu = kafka_broker.tansu  # one Kafka-protocol broker for the module; each test has its own topics
 
 
 def all_events(service: RunningService) -> list[dict[str, Any]]:
@@ -266,3 +276,87 @@ async def test_a_backup_taken_while_writing_restores_into_a_new_data_dir(tmp_pat
         assert after["seq"] == seqs[-1] + 1
     finally:
         stop_service(restored)
+
+
+def sent_on_kafka(received: list[Received]) -> list[Received]:
+    return [r for r in received if r.value["type"] == "message.sent"]
+
+
+@pytest.mark.parametrize("stop_with", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
+async def test_the_kafka_relay_resumes_after_a_restart_and_loses_no_acknowledged_message(
+    tmp_path: Path, tansu: TansuBroker, stop_with: signal.Signals
+) -> None:
+    prefix = f"restart{uuid.uuid4().hex[:8]}"
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": tansu.bootstrap,
+        "KAFKA_IDEMPOTENCE": "false",  # tansu has no InitProducerId
+        "KAFKA_TOPIC_PREFIX": prefix,
+        "KAFKA_POLL_INTERVAL_SECONDS": "0.05",
+    }
+    topics = [f"{prefix}.messages"]
+
+    async def on_kafka(at_least: int, within: float) -> list[Received]:
+        async def enough() -> list[Received]:
+            found = sent_on_kafka(await read_topics(tansu.bootstrap, topics))
+            return found if len({r.value["id"] for r in found}) >= at_least else []
+
+        deadline = asyncio.get_running_loop().time() + within
+        while not (found := await enough()):
+            assert asyncio.get_running_loop().time() < deadline, f"fewer than {at_least} message.sent on Kafka"
+            await asyncio.sleep(0.1)
+        return found
+
+    service = start_service(tmp_path, env=env)
+    acked: list[dict[str, Any]] = []
+    try:
+        cids = [open_conversation(service, "buyer", "seller", f"order-{n}") for n in (1, 2)]
+        buyer = await Person(service, "buyer").connect()
+        seller = await Person(service, "seller").connect()
+        streams: list[list[dict[str, Any]]] = [[], []]
+        writers = [
+            asyncio.create_task(keep_sending(buyer, cids[0], streams[0], "x")),
+            asyncio.create_task(keep_sending(seller, cids[1], streams[1], "y")),
+        ]
+        # Killed mid-stream: the relay has published part of the log and is publishing more.
+        await on_kafka(at_least=20, within=20)
+        await eventually(lambda: len(streams[0]) + len(streams[1]) >= 40)
+        service.process.send_signal(stop_with)
+        await asyncio.to_thread(service.process.wait, 20)
+        for person in (buyer, seller):
+            await person.close()
+        await asyncio.wait_for(asyncio.gather(*writers), timeout=30)
+        acked += streams[0] + streams[1]
+    finally:
+        stop_service(service)
+    before_restart = {r.value["id"] for r in sent_on_kafka(await read_topics(tansu.bootstrap, topics))}
+
+    again = start_service(tmp_path, env=env)  # the same MESSENGER_DATA_DIR
+    try:
+        back = [await Person(again, user).connect() for user in ("buyer", "seller")]
+        for n in range(5):
+            acked += [
+                await back[0].send(cids[0], f"after {n}", f"xa{n}"),
+                await back[1].send(cids[1], f"after {n}", f"ya{n}"),
+            ]
+        for person in back:
+            await person.close()
+        logged = [e for e in all_events(again) if e["type"] == "message.sent"]
+        event_of = {e["data"]["message_id"]: e["id"] for e in logged}
+        assert {m["id"] for m in acked} <= set(event_of), "an acknowledged message has no message.sent in the log"
+        # Promptly: after kill -9 the dead process's lease is not waited out (it would take 30 s).
+        received = await on_kafka(at_least=len(logged), within=15)
+    finally:
+        stop_service(again)
+
+    seen = {r.value["id"] for r in received}
+    assert {event_of[m["id"]] for m in acked} <= seen  # every acknowledged message reached Kafka
+    # Per conversation, de-duplicated by id, Kafka holds exactly the log's events in the log's order.
+    per_key: dict[str | None, list[str]] = defaultdict(list)
+    for r in received:
+        if r.value["id"] not in per_key[r.key]:
+            per_key[r.key].append(r.value["id"])
+    for cid in cids:
+        assert per_key[cid] == [e["id"] for e in logged if e["key"] == cid], f"{cid}: a gap or out of order"
+    # It resumed from its checkpoint: what it had published before the stop was not all sent again.
+    resent = len(received) - len(seen)
+    assert resent < len(before_restart), f"{resent} of {len(before_restart)} events re-sent: not resumed"
