@@ -9,6 +9,15 @@
 # the official database (kept fresh by freshclam elsewhere) read-only at /var/lib/clamav, or set
 # CLAMD_ADDRESS to a clamd fleet.
 
+# --- web: the page's third-party browser code from the npm registry (what `make run` installs) -----
+# The official socket.io client; without it the page falls back to polling over REST. Only the
+# runtime dependencies (no axe-core, which is for the browser tests), exactly as locked.
+FROM node:20-bookworm-slim AS web
+
+WORKDIR /web
+COPY web/package.json web/package-lock.json ./
+RUN npm ci --omit=dev --no-audit --no-fund --loglevel=error
+
 # --- build: install the service and its dependencies into a virtualenv -------------------------
 FROM python:3.11-slim AS build
 
@@ -37,11 +46,17 @@ RUN groupadd --system --gid 10001 messenger \
  && install -d -o messenger -g messenger -m 0750 /var/lib/messenger
 
 COPY --from=build /opt/venv /opt/venv
+# The one file the page loads (served at /static/socket.io.min.js), with its licence; the service is
+# installed into site-packages, not run from a checkout, so MESSENGER_SOCKETIO_JS says where it is.
+COPY --from=web /web/node_modules/socket.io-client/dist/socket.io.min.js \
+     /web/node_modules/socket.io-client/LICENSE \
+     /opt/messenger/socket.io-client/
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    MESSENGER_DATA_DIR=/var/lib/messenger
+    MESSENGER_DATA_DIR=/var/lib/messenger \
+    MESSENGER_SOCKETIO_JS=/opt/messenger/socket.io-client/socket.io.min.js
 
 WORKDIR /var/lib/messenger
 USER messenger
