@@ -6,13 +6,14 @@ production mode refuses the defaults that are only safe on a developer's machine
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
 # Signs tokens on a developer's machine only; production refuses to start with it.
@@ -34,6 +35,10 @@ class ContactPolicy(StrEnum):
     OFF = "off"  # no detection
 
 
+# What a browser sends as Origin: nothing else may reach a CSP header or the page's markup.
+ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
+
+
 class _Section(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
@@ -46,6 +51,22 @@ class RuntimeSettings(_Section):
     cors_origins: list[str] = Field(default_factory=list)
     # Off by default: per-connection zlib state costs far more memory than small messages save.
     websocket_compression: bool = False
+    # Host pages allowed to frame /embed, space or comma separated (not JSON: it reads like the
+    # CSP's frame-ancestors it becomes); empty: nobody may.
+    embed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("embed_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [origin for origin in re.split(r"[\s,]+", value) if origin]
+        if not isinstance(value, list):
+            return value
+        origins = [str(origin).rstrip("/") for origin in value]
+        bad = [origin for origin in origins if not ORIGIN.match(origin)]
+        if bad:
+            raise ValueError(f"not an origin (scheme://host[:port]): {', '.join(bad)}")
+        return origins
 
 
 class AuthSettings(_Section):

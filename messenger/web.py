@@ -11,7 +11,6 @@ from __future__ import annotations
 import html
 import logging
 import os
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,9 +46,6 @@ def checkout_socketio_clients() -> list[Path]:
     ]
 
 
-# Host pages allowed to frame /embed (space or comma separated origins); unset: nobody may.
-EMBED_ORIGINS_ENV = "MESSENGER_EMBED_ORIGINS"
-ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
 EMBED_ORIGINS_META = '<meta name="messenger-embed-origins" content="">'
 CLOUDINARY_IMAGE_ORIGIN = "https://res.cloudinary.com"
 
@@ -78,7 +74,7 @@ class WebClient:
         s3_origins: Sequence[str] | Callable[[], Sequence[str]],
         image_origins: Sequence[str] = (),
         socketio_client: Path | None = None,
-        embed_origins: Sequence[str] | None = None,
+        embed_origins: Sequence[str] = (),
     ) -> None:
         self._static_dir = static_dir.resolve()
         self._socketio_client = socketio_client if socketio_client is not None else find_socketio_client()
@@ -86,7 +82,8 @@ class WebClient:
         self._s3_origins = s3_origins
         self._image_origins = image_origins
         self._csp: str | None = None
-        self._embed_origins = list(embed_origins) if embed_origins is not None else configured_embed_origins()
+        # Host pages allowed to frame /embed (MESSENGER_EMBED_ORIGINS, validated with the settings).
+        self._embed_origins = list(embed_origins)
         self._embed_csp: str | None = None
         if self._socketio_client is None:
             log.warning(
@@ -101,6 +98,7 @@ class WebClient:
         return cls(
             s3_origins=lambda: browser_s3_origins(settings.s3, embedded_s3),
             image_origins=preview_image_origins(settings.preview),
+            embed_origins=settings.runtime.embed_origins,
         )
 
     @property
@@ -199,16 +197,6 @@ def find_socketio_client() -> Path | None:
             log.warning("MESSENGER_SOCKETIO_JS does not name a file", extra={"path": configured})
         return None
     return next((path for path in checkout_socketio_clients() if path.is_file()), None)
-
-
-def configured_embed_origins() -> list[str]:
-    """MESSENGER_EMBED_ORIGINS as a list of origins; anything that is not an origin stops the start."""
-    raw = os.environ.get(EMBED_ORIGINS_ENV, "")
-    origins = [o.rstrip("/") for o in re.split(r"[\s,]+", raw) if o]
-    bad = [o for o in origins if not ORIGIN.match(o)]
-    if bad:
-        raise ValueError(f"{EMBED_ORIGINS_ENV}: not an origin (scheme://host[:port]): {', '.join(bad)}")
-    return origins
 
 
 def browser_s3_origins(s3: S3Settings, embedded_s3: EmbeddedS3 | None = None) -> list[str]:

@@ -41,6 +41,13 @@ def test_a_bad_setting_stops_the_service_naming_the_variable() -> None:
     assert result.returncode == 1 and "CHAT_MESSAGE_MAX_CHARS" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_bad_embed_origin_stops_the_service_naming_the_variable() -> None:
+    result = messenger("serve", "--port", "1", MESSENGER_EMBED_ORIGINS="https://market.example/shop")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("messenger: invalid configuration: MESSENGER_EMBED_ORIGINS: ")
+    assert "not an origin (scheme://host[:port]): https://market.example/shop" in result.stderr
+
+
 def test_production_refuses_the_dev_secret() -> None:
     result = messenger("serve", MESSENGER_ENV="production")
     assert result.returncode == 1 and "JWT_SECRET" in result.stderr

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from config.settings import ConfigError, load_settings
 from messenger import web as web_module
-from messenger.web import WebClient, configured_embed_origins
+from messenger.web import WebClient
 
 S3 = "http://127.0.0.1:9000"
 HOST = "https://market.example"
@@ -44,10 +45,22 @@ async def test_without_configured_hosts_nobody_may_frame_the_embed_page(aiohttp_
 
 def test_embed_origins_come_from_the_environment_and_must_be_origins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MESSENGER_EMBED_ORIGINS", "https://a.example, http://localhost:3000/")
-    assert configured_embed_origins() == ["https://a.example", "http://localhost:3000"]
+    assert load_settings().runtime.embed_origins == ["https://a.example", "http://localhost:3000"]
     monkeypatch.setenv("MESSENGER_EMBED_ORIGINS", 'https://a.example/path "><script>')
-    with pytest.raises(ValueError, match="MESSENGER_EMBED_ORIGINS"):
-        configured_embed_origins()
+    with pytest.raises(ConfigError, match=r"MESSENGER_EMBED_ORIGINS: .*not an origin .*https://a.example/path"):
+        load_settings()
+    monkeypatch.delenv("MESSENGER_EMBED_ORIGINS")
+    assert load_settings().runtime.embed_origins == []
+
+
+async def test_the_page_is_framed_by_the_configured_embed_origins(
+    aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MESSENGER_EMBED_ORIGINS", HOST)
+    app = web.Application()
+    WebClient.for_settings(load_settings()).register(app)
+    embed = await (await aiohttp_client(app)).get("/embed")
+    assert f"frame-ancestors {HOST}" in embed.headers["Content-Security-Policy"]
 
 
 def test_the_socketio_client_is_found_in_the_checkout_it_is_run_from(
