@@ -11,8 +11,9 @@
 
 # --- web: the page's third-party browser code from the npm registry (what `make run` installs) -----
 # The official socket.io client; without it the page falls back to polling over REST. Only the
-# runtime dependencies (no axe-core, which is for the browser tests), exactly as locked.
-FROM node:20-bookworm-slim AS web
+# runtime dependencies (no axe-core, which is for the browser tests), exactly as locked. Node 24 is
+# the LTS line (20 reached its end of life in April 2026); only this stage uses it.
+FROM node:24-bookworm-slim AS web
 
 WORKDIR /web
 COPY web/package.json web/package-lock.json ./
