@@ -13,13 +13,16 @@ the unique `_id`), so a reader that has seen position N can never later find an 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
+from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from core.events import Event
@@ -129,6 +132,10 @@ class MongoEventLog:
         cursor = self._events.find(query).sort("_id", 1).limit(limit)
         return [event_from_doc(doc) async for doc in cursor]
 
+    async def last_position(self) -> int:
+        last = await self._events.find_one({}, {"_id": 1}, sort=[("_id", -1)])
+        return int(last["_id"]) if last else 0
+
 
 class Outbox:
     """Moves events embedded in documents (under `_outbox`) into the event log."""
@@ -231,6 +238,52 @@ class Outbox:
                 log.exception("outbox sweep failed; will retry")
 
 
+# --- leased checkpoints (core/checkpoints.py): single-document atomic updates, no transactions ------
+
+CHECKPOINTS_COLLECTION = "relay_checkpoints"
+
+
+class MongoCheckpoints:
+    """The `relay_checkpoints` collection (named when only the relay used it), one document per reader."""
+
+    def __init__(self, db: Any) -> None:
+        self._checkpoints = db[CHECKPOINTS_COLLECTION]
+
+    async def ensure(self, name: str, *, position: int = 0) -> None:
+        with contextlib.suppress(DuplicateKeyError):  # already there: resume from it
+            await self._checkpoints.insert_one(
+                {"_id": name, "position": position, "lease_owner": None, "lease_until": 0.0, "updated_at": time.time()}
+            )
+
+    async def claim(self, name: str, owner: str, *, now: float, lease_seconds: float) -> int | None:
+        doc = await self._checkpoints.find_one_and_update(
+            {"_id": name, "$or": [{"lease_owner": owner}, {"lease_until": {"$lt": now}}]},
+            {"$set": {"lease_owner": owner, "lease_until": now + lease_seconds}},
+            return_document=ReturnDocument.AFTER,
+        )
+        return int(doc["position"]) if doc else None
+
+    async def advance(
+        self, name: str, owner: str, position: int, sent: int, *, now: float, lease_seconds: float
+    ) -> bool:
+        result = await self._checkpoints.update_one(
+            {"_id": name, "lease_owner": owner},
+            {
+                "$max": {"position": position},
+                "$set": {"lease_until": now + lease_seconds, "updated_at": now},
+                "$inc": {"relayed": sent},
+            },
+        )
+        return bool(result.matched_count)
+
+    async def release(self, name: str, owner: str) -> None:
+        await self._checkpoints.update_one({"_id": name, "lease_owner": owner}, {"$set": {"lease_until": 0.0}})
+
+    async def position(self, name: str) -> int | None:
+        doc = await self._checkpoints.find_one({"_id": name})
+        return int(doc["position"]) if doc else None
+
+
 def with_outbox(update: Doc, events: Sequence[Event]) -> Doc:
     """An update that also records `events` in the document, in the same write."""
     if events:
@@ -243,6 +296,7 @@ NO_OUTBOX = {OUTBOX_FIELD: 0}
 __all__ = [
     "NO_OUTBOX",
     "OUTBOX_FIELD",
+    "MongoCheckpoints",
     "MongoEventLog",
     "Outbox",
     "aware",

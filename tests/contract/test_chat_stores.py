@@ -156,18 +156,21 @@ async def test_insert_next_takes_the_next_seq_stores_the_events_and_records_it(s
 
         return at
 
-    first = await stores.messages.insert_next(c.id, Role.BUYER, build("k1"))
+    first = await stores.messages.insert_next(c, Role.BUYER, build("k1"))
     assert first is not None and first.seq == 1 and await stores.messages.get(first.id) == first
     # A seq another writer stored without recording it on the conversation is stepped over.
     await stores.messages.insert(message(c.id, 2, sender="bob", client_id="elsewhere"), [])
-    second = await stores.messages.insert_next(c.id, Role.SELLER, build("k2", sender="bob"))
+    # The caller's recent reading of the conversation (as the service passes it): last_seq 1.
+    fresh = await stores.conversations.get(c.id)
+    assert fresh is not None and fresh.last_seq == 1
+    second = await stores.messages.insert_next(fresh, Role.SELLER, build("k2", sender="bob"))
     assert second is not None and second.seq == 3 and built == [1, 2, 3]
     stored = await stores.conversations.get(c.id)
     assert stored is not None
     assert (stored.last_seq, stored.last_message_id, stored.last_activity_ms) == (3, second.id, second.created_ms)
     assert (stored.buyer_read_seq, stored.seller_read_seq) == (1, 3)
     # The same sender's client_id again: nothing stored, nothing logged, the conversation unchanged.
-    assert await stores.messages.insert_next(c.id, Role.BUYER, build("k1")) is None
+    assert await stores.messages.insert_next(c, Role.BUYER, build("k1")) is None
     assert await stores.conversations.get(c.id) == stored
     assert [e.data["seq"] for e in await stores.events.read()] == [1, 3]
 
