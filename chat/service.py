@@ -45,6 +45,9 @@ from core.views import View
 
 log = logging.getLogger(__name__)
 
+# Conversations whose last stored seq is remembered per process (a hint only: forgetting costs a retry).
+SEQS_REMEMBERED = 50_000
+
 
 @dataclass(frozen=True)
 class Page:
@@ -78,6 +81,8 @@ class ChatService:
         self._locks = locks or LocalLocks()
         self._clock = clock or SystemClock()
         self._inbox: InboxHooks = NoInbox()
+        # The last seq this node stored per conversation: a hint for the next send (see _send_message).
+        self._seqs_written: dict[str, int] = {}
 
     def use_inbox(self, inbox: InboxHooks) -> None:
         """Wire in the inbox part (built after chat, since it depends on chat)."""
@@ -249,8 +254,13 @@ class ChatService:
             conversation, caller.user_id, client_id, text, tuple(attachment_ids), kind, findings, delivery_id
         )
         async with self._locks.hold(conversation_id):
+            # The conversation was read before the lock: a send that held it meanwhile on this node
+            # moved last_seq on, and starting from that spares the adapter a refused seq and a look-up.
+            seen = max(conversation.last_seq, self._seqs_written.get(conversation_id, 0))
             # One store call: the seq read, the message with its events, and the conversation's record.
-            stored = await self._messages.insert_next(conversation, conversation.role_of(caller.user_id), build)
+            stored = await self._messages.insert_next(
+                replace(conversation, last_seq=seen), conversation.role_of(caller.user_id), build
+            )
             if stored is None:  # a retry, or the same client_id landed meanwhile (a concurrent one): it answers
                 self._send_limits.give_back(caller.user_id)
                 raced = await self._messages.find_by_client_id(caller.user_id, client_id)
@@ -258,6 +268,9 @@ class ChatService:
                     raise Conflict("try again", code=Code.ID_COLLISION)
                 return await self._replayed(raced, conversation_id, caller.user_id)
             message = stored
+            if len(self._seqs_written) >= SEQS_REMEMBERED:
+                self._seqs_written.clear()
+            self._seqs_written[conversation_id] = max(message.seq, self._seqs_written.get(conversation_id, 0))
             if attachment_ids:
                 await self._attachments.link_to_message(attachment_ids, message.id)
             described = await self._attachments.describe(attachment_ids) if attachment_ids else {}
