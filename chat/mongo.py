@@ -247,7 +247,8 @@ class MongoMessageStore:
         # The words each participant may see, in the message document itself (written by the same
         # insert or update as the message, so search costs a send no call); a multikey index answers
         # "all these words for this viewer" on a replica set and in process alike. The collection
-        # `message_search` of earlier versions is no longer read or written (see docs/storage.md).
+        # `message_search` of earlier versions is no longer read or written (docs/architecture.md, "The
+        # send path on MongoDB"); it may be dropped.
         await m.create_index("search_keys", name="search_keys")
         await self._backfill_search_keys()
 
