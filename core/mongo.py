@@ -168,6 +168,11 @@ class Outbox:
         self._mover: asyncio.Task[None] | None = None
         self._moving = False
         self._moved = asyncio.Condition()
+        # Documents handed to move_soon, and how many of them the mover is done with (moved, or
+        # left to the sweep): a settle waits for those handed before it, not for an idle mover,
+        # which under a steady stream of sends would never come.
+        self._handed = 0
+        self._done = 0
         log_.settle_pending = self.settle
 
     def serve(self, collection: str) -> None:
@@ -199,14 +204,16 @@ class Outbox:
         if not events:
             return
         self._pending.append((collection, doc_id, [event_doc(e) for e in events]))
+        self._handed += 1
         if not self._moving:
             self._moving = True
             self._mover = asyncio.create_task(self._drain_pending(), name="outbox-mover")
 
     async def settle(self) -> None:
-        """Wait until every event handed to `move_soon` in this process is in the log."""
+        """Wait until every event handed to `move_soon` in this process so far is in the log."""
+        handed = self._handed
         async with self._moved:
-            await self._moved.wait_for(lambda: not self._moving)
+            await self._moved.wait_for(lambda: self._done >= handed or not self._moving)
 
     async def _drain_pending(self) -> None:
         try:
@@ -219,6 +226,9 @@ class Outbox:
                 except Exception:
                     # Still in the documents: the sweeper (every minute, and at start) moves them.
                     log.exception("moving events to the log failed; the sweep will retry")
+                self._done += len(batch)
+                async with self._moved:
+                    self._moved.notify_all()
         finally:
             self._moving = False
             async with self._moved:

@@ -14,7 +14,7 @@ from chat.store import ClientIdTaken, SeqTaken
 from core.clock import epoch_ms
 from core.events import new_event
 from core.ids import new_id
-from messenger.database import Stores
+from messenger.database import MongoDatabase, Stores
 
 T0 = datetime(2026, 3, 4, 5, 6, 7, 123000, tzinfo=UTC)
 
@@ -296,3 +296,20 @@ async def test_the_blocked_flag_is_set_on_every_conversation_of_the_pair_and_at_
     assert created and started.blocked and await stores.conversations.get(started.id) == started
     again, created = await stores.conversations.get_or_create("carol", "dave", None, now=T0, blocked=False)
     assert not created and again.blocked  # an existing conversation is answered as stored
+
+
+async def test_messages_stored_before_search_keys_get_theirs_at_start(stores: Stores) -> None:
+    if not isinstance(stores.database, MongoDatabase):
+        pytest.skip("search keys live in MongoDB's message documents; SQLite backfills its FTS5 table")
+    c = await conversation(stores)
+    masked = texted(c.id, 1, "call 415 555 0100 for the logo", masked_text="call [phone removed] for the logo")
+    await stores.messages.insert(masked, [], conversation=c)
+    # As an earlier version stored it: no search keys, no recipient in the document.
+    await stores.database.db["messages"].update_one(
+        {"_id": masked.id}, {"$unset": {"search_keys": "", "recipient_id": ""}}
+    )
+    assert await stores.messages.search("bob", ["logo"], conversation_id=None, limit=5) == []
+    await stores.messages.ensure_schema()
+    assert [m.id for m in await stores.messages.search("bob", ["logo"], conversation_id=None, limit=5)] == [masked.id]
+    assert await stores.messages.search("bob", ["415"], conversation_id=None, limit=5) == []
+    assert [m.id for m in await stores.messages.search("alice", ["415"], conversation_id=None, limit=5)] == [masked.id]
