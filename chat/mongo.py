@@ -26,7 +26,8 @@ MESSAGES = "messages"
 # Candidates scored per search: enough for any person's matches of a multi-word query.
 SEARCH_CANDIDATES = 2000
 MAX_INDEXED_WORDS = 2000
-# Separates the viewer from the word in a search key; no user id or word (\w+) holds it.
+# Separates the viewer from the word in a search key: no word (\w+) holds it, so no term a search
+# is given can reach into another viewer's keys.
 KEY_SEPARATOR = "\x1f"
 # What a message document carries that a Message record does not: left out of every read.
 NOT_READ = {OUTBOX_FIELD: 0, "search_keys": 0}
