@@ -351,6 +351,11 @@ async def database_started(container: Container) -> AsyncIterator[None]:
         if container.outbox is not None:
             # A crash may have left events in documents; move them before serving.
             await container.outbox.sweep()
+        # Before serving, not only in housekeeping a minute later: conversations stored before they
+        # carried the `blocked` flag (an upgrade) must refuse sends between blocked pairs from the start.
+        reconciled = await container.inbox.reconcile_blocks()
+        if reconciled:
+            log.warning("conversations' blocked flags reconciled with the blocks", extra={"count": reconciled})
         yield
     finally:
         if container.outbox is not None:
