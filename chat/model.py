@@ -34,6 +34,9 @@ class Conversation:
     last_activity_ms: int = 0
     buyer_read_seq: int = 0
     seller_read_seq: int = 0
+    # Whether either participant blocks the other: kept by the inbox (ChatService.set_blocked), so
+    # a send learns it from the conversation it reads anyway, with no look-up of its own.
+    blocked: bool = False
 
     @property
     def participants(self) -> tuple[str, str]:

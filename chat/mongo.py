@@ -7,6 +7,7 @@ used, and a message's events travel in the same single-document write (core/mong
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -19,13 +20,17 @@ from chat.store import MAX_CHANGED_PER_SYNC, BuildMessage, ClientIdTaken, SeqTak
 from core.clock import epoch_ms
 from core.events import Event
 from core.ids import new_id
-from core.mongo import NO_OUTBOX, OUTBOX_FIELD, Doc, Outbox, aware, duplicate_key_fields, event_doc, with_outbox
+from core.mongo import OUTBOX_FIELD, Doc, Outbox, aware, duplicate_key_fields, event_doc, with_outbox
 
 MESSAGES = "messages"
-SEARCH = "message_search"
 # Candidates scored per search: enough for any person's matches of a multi-word query.
 SEARCH_CANDIDATES = 2000
 MAX_INDEXED_WORDS = 2000
+# Separates the viewer from the word in a search key: no word (\w+) holds it, so no term a search
+# is given can reach into another viewer's keys.
+KEY_SEPARATOR = "\x1f"
+# What a message document carries that a Message record does not: left out of every read.
+NOT_READ = {OUTBOX_FIELD: 0, "search_keys": 0}
 
 
 def conversation_from_doc(doc: Mapping[str, Any]) -> Conversation:
@@ -42,10 +47,24 @@ def conversation_from_doc(doc: Mapping[str, Any]) -> Conversation:
         last_activity_ms=int(doc.get("last_activity_ms", 0)),
         buyer_read_seq=int(read.get("buyer", 0)),
         seller_read_seq=int(read.get("seller", 0)),
+        blocked=bool(doc.get("blocked")),
     )
 
 
-def message_doc(message: Message) -> Doc:
+def search_keys(message: Message, recipient_id: str) -> list[str]:
+    """One key per participant and word they may see ("<viewer>\\x1f<word>"), for one multikey index.
+
+    Per viewer, because the recipient may see masked text, or none (held, deleted); in one array,
+    because MongoDB cannot index two parallel arrays in one compound index.
+    """
+    keys: list[str] = []
+    for viewer in dict.fromkeys((message.sender_id, recipient_id)):
+        words = dict.fromkeys(w.casefold() for w in WORD.findall(visible_text(message, viewer) or ""))
+        keys += [f"{viewer}{KEY_SEPARATOR}{word}" for word in list(words)[:MAX_INDEXED_WORDS]]
+    return keys
+
+
+def message_doc(message: Message, recipient_id: str) -> Doc:
     return {
         "_id": message.id,
         "conversation_id": message.conversation_id,
@@ -58,6 +77,8 @@ def message_doc(message: Message) -> Doc:
         **_changeable(message),
         "attachment_ids": list(message.attachment_ids),
         "delivery_id": message.delivery_id,
+        "recipient_id": recipient_id,
+        "search_keys": search_keys(message, recipient_id),
     }
 
 
@@ -122,7 +143,7 @@ class MongoConversationStore:
         return conversation_from_doc(doc) if doc else None
 
     async def get_or_create(
-        self, buyer_id: str, seller_id: str, order_id: str | None, *, now: datetime
+        self, buyer_id: str, seller_id: str, order_id: str | None, *, now: datetime, blocked: bool = False
     ) -> tuple[Conversation, bool]:
         key = {"buyer_id": buyer_id, "seller_id": seller_id, "order_id": order_id}
         existing = await self._conversations.find_one(key)
@@ -137,6 +158,7 @@ class MongoConversationStore:
             "last_message_id": None,
             "last_activity_ms": epoch_ms(now),
             "read_seq": {"buyer": 0, "seller": 0},
+            "blocked": blocked,
         }
         try:
             await self._conversations.insert_one(doc)
@@ -179,6 +201,16 @@ class MongoConversationStore:
         result = await self._conversations.update_one({"_id": conversation_id}, {"$max": {f"read_seq.{role}": seq}})
         return bool(result.modified_count)
 
+    async def set_blocked(self, a: str, b: str, blocked: bool) -> int:
+        changed = await self._conversations.update_many(
+            {"participants": {"$all": [a, b]}, "blocked": {"$ne": blocked}}, {"$set": {"blocked": blocked}}
+        )
+        return int(changed.modified_count)
+
+    async def blocked_pairs(self, *, limit: int = 10_000) -> set[tuple[str, str]]:
+        cursor = self._conversations.find({"blocked": True}, {"buyer_id": 1, "seller_id": 1}).limit(limit)
+        return {(doc["buyer_id"], doc["seller_id"]) async for doc in cursor}
+
     async def partners_of(self, user_id: str, *, limit: int = 500) -> set[str]:
         cursor = (
             self._conversations.find({"participants": user_id}, {"participants": 1})
@@ -195,7 +227,6 @@ class MongoMessageStore:
     def __init__(self, db: Any, outbox: Outbox) -> None:
         self._messages = db[MESSAGES]
         self._conversation_docs = db["conversations"]
-        self._search = db[SEARCH]
         self._outbox = outbox
         # insert_next records the message on its conversation as the conversation store does.
         self._conversations = MongoConversationStore(db)
@@ -214,62 +245,65 @@ class MongoMessageStore:
         await m.create_index(
             [("conversation_id", ASCENDING), ("updated_seq", ASCENDING)], name="conversation_updated_seq"
         )
-        # One document per message and participant holding only the words that participant may see;
-        # a multikey index on them answers "all these words" on a replica set and in process alike.
-        await self._search.create_index([("viewer_id", ASCENDING), ("words", ASCENDING)], name="viewer_words")
+        # The words each participant may see, in the message document itself (written by the same
+        # insert or update as the message, so search costs a send no call); a multikey index answers
+        # "all these words for this viewer" on a replica set and in process alike. The collection
+        # `message_search` of earlier versions is no longer read or written (docs/architecture.md, "The
+        # send path on MongoDB"); it may be dropped.
+        await m.create_index("search_keys", name="search_keys")
+        await self._backfill_search_keys()
 
-    async def _index(self, message: Message, *, fresh: bool = False) -> None:
-        if not fresh:  # a new message has nothing indexed yet
-            await self._search.delete_many({"message_id": message.id})
-        pair = await self._conversation_docs.find_one({"_id": message.conversation_id}, {"buyer_id": 1, "seller_id": 1})
-        if pair is None:
-            return
-        recipient = pair["seller_id"] if message.sender_id == pair["buyer_id"] else pair["buyer_id"]
-        for slot, viewer in ((0, message.sender_id), (1, recipient)):
-            text = visible_text(message, viewer)
-            if text:
-                words = [w.casefold() for w in WORD.findall(text)][:MAX_INDEXED_WORDS]
-                await self._search.insert_one(
-                    {
-                        "_id": f"{message.id}:{slot}",
-                        "message_id": message.id,
-                        "conversation_id": message.conversation_id,
-                        "viewer_id": viewer,
-                        "words": words,
-                        "created_ms": message.created_ms,
-                    }
+    async def _backfill_search_keys(self) -> None:
+        """Give messages stored before search keys lived in the message their keys (once per message).
+
+        The search_keys index holds a message without keys as null, so after the first start this
+        look-up reads nothing but the index."""
+        pairs: dict[str, Doc | None] = {}
+        async for doc in self._messages.find({"search_keys": {"$exists": False}}, NOT_READ):
+            conversation_id = doc["conversation_id"]
+            if conversation_id not in pairs:
+                pairs[conversation_id] = await self._conversation_docs.find_one(
+                    {"_id": conversation_id}, {"buyer_id": 1, "seller_id": 1}
                 )
+            pair = pairs[conversation_id]
+            if pair is None:
+                continue
+            message = message_from_doc(doc)
+            recipient = pair["seller_id"] if message.sender_id == pair["buyer_id"] else pair["buyer_id"]
+            await self._messages.update_one(
+                {"_id": message.id},
+                {"$set": {"recipient_id": recipient, "search_keys": search_keys(message, recipient)}},
+            )
 
     async def search(
         self, viewer_id: str, terms: Sequence[str], *, conversation_id: str | None, limit: int, offset: int = 0
     ) -> list[Message]:
         if not terms:
             return []
-        query: Doc = {"viewer_id": viewer_id, "words": {"$all": list(terms)}}
+        query: Doc = {"search_keys": {"$all": [f"{viewer_id}{KEY_SEPARATOR}{t}" for t in terms]}}
         if conversation_id is not None:
             query["conversation_id"] = conversation_id
-        cursor = self._search.find(query).sort("created_ms", DESCENDING).limit(SEARCH_CANDIDATES)
+        cursor = self._messages.find(query, NOT_READ).sort("created_ms", DESCENDING).limit(SEARCH_CANDIDATES)
         scored = []
         async for doc in cursor:
-            words = doc["words"]
+            message = message_from_doc(doc)
+            words = [w.casefold() for w in WORD.findall(visible_text(message, viewer_id) or "")]
             # Term frequency over length, as bm25 does in spirit: the densest match first, then the newest.
             score = sum(words.count(t) for t in terms) / (len(words) + 5)
-            scored.append((-score, -int(doc["created_ms"]), doc["message_id"]))
-        scored.sort()
-        ids = [message_id for _, _, message_id in scored[offset : offset + limit]]
-        by_id = {m.id: m for m in await self.get_many(ids)} if ids else {}
-        return [by_id[i] for i in ids if i in by_id]
+            scored.append((-score, -message.created_ms, message.id, message))
+        scored.sort(key=lambda hit: hit[:3])
+        return [hit[3] for hit in scored[offset : offset + limit]]
 
     async def get(self, message_id: str) -> Message | None:
-        doc = await self._messages.find_one({"_id": message_id}, NO_OUTBOX)
+        doc = await self._messages.find_one({"_id": message_id}, NOT_READ)
         return message_from_doc(doc) if doc else None
 
     async def get_many(self, message_ids: Sequence[str]) -> list[Message]:
-        cursor = self._messages.find({"_id": {"$in": list(message_ids)}}, NO_OUTBOX)
+        cursor = self._messages.find({"_id": {"$in": list(message_ids)}}, NOT_READ)
         return [message_from_doc(doc) async for doc in cursor]
 
     async def find_by_client_id(self, sender_id: str, client_id: str) -> Message | None:
-        doc = await self._messages.find_one({"sender_id": sender_id, "client_id": client_id}, NO_OUTBOX)
+        doc = await self._messages.find_one({"sender_id": sender_id, "client_id": client_id}, NOT_READ)
         return message_from_doc(doc) if doc else None
 
     async def highest_seq(self, conversation_id: str) -> int:
@@ -278,53 +312,78 @@ class MongoMessageStore:
         )
         return int(last["seq"]) if last else 0
 
-    async def insert(self, message: Message, events: Sequence[Event]) -> None:
+    async def _recipient(self, message: Message, conversation: Conversation | None) -> str | None:
+        if conversation is None or conversation.id != message.conversation_id:
+            found = await self._conversations.get(message.conversation_id)
+            if found is None:
+                return None
+            conversation = found
+        return conversation.other(message.sender_id)
+
+    async def insert(
+        self, message: Message, events: Sequence[Event], *, conversation: Conversation | None = None
+    ) -> None:
+        recipient = await self._recipient(message, conversation)
         try:
-            await self._messages.insert_one({**message_doc(message), OUTBOX_FIELD: [event_doc(e) for e in events]})
+            await self._messages.insert_one(
+                {**message_doc(message, recipient or ""), OUTBOX_FIELD: [event_doc(e) for e in events]}
+            )
         except DuplicateKeyError as exc:
             if "client_id" in duplicate_key_fields(exc):
                 raise ClientIdTaken(message.client_id) from None
             raise SeqTaken(message.seq) from None
         # The events are durable in the message document: moved to the log off the send path.
         self._outbox.move_soon(MESSAGES, message.id, events)
-        await self._index(message, fresh=True)
 
-    async def insert_next(
-        self, conversation_id: str, sender_role: Role, build: BuildMessage, *, last_seq: int | None = None
-    ) -> Message | None:
-        if last_seq is None:
-            conversation = await self._conversations.get(conversation_id)
-            last_seq = conversation.last_seq if conversation else 0
-        # Under the conversation's lock the hint is usually exact; when another node wrote
-        # meanwhile, the unique (conversation_id, seq) index refuses the seq and we move past it.
-        seq = last_seq + 1
+    async def insert_next(self, conversation: Conversation, sender_role: Role, build: BuildMessage) -> Message | None:
+        # Under the conversation's lock the caller's reading of last_seq is usually exact; when another
+        # node wrote meanwhile, the unique (conversation_id, seq) index refuses the seq and we move past it.
+        seq = conversation.last_seq + 1
         while True:
             message, events = build(seq)
             try:
-                await self.insert(message, events)
+                await self.insert(message, events, conversation=conversation)
             except ClientIdTaken:
                 return None
             except SeqTaken:  # another node took this seq: continue after the highest one stored
-                seq = max(seq, await self.highest_seq(conversation_id)) + 1
+                seq = max(seq, await self.highest_seq(conversation.id)) + 1
                 continue
             await self._conversations.record_message(
-                conversation_id, sender_role, message.seq, message.id, message.created_ms
+                conversation.id, sender_role, message.seq, message.id, message.created_ms
             )
             return message
 
-    async def save_change(self, message: Message, events: Sequence[Event]) -> Message | None:
+    async def save_change(
+        self, message: Message, events: Sequence[Event], *, conversation: Conversation | None = None
+    ) -> Message | None:
+        sender, recipient = message.sender_id, None
+        if conversation is not None and conversation.id == message.conversation_id:
+            recipient = conversation.other(sender)
+        if recipient is None:  # who sees what is the stored message's business: read it
+            found = await self._messages.find_one({"_id": message.id}, {"sender_id": 1, "recipient_id": 1})
+            if found is None:
+                return None
+            sender = found["sender_id"]
+            recipient = found.get("recipient_id") or await self._recipient(replace(message, sender_id=sender), None)
+        # The keys are written with the text they index, in the one update; they hold for the stored
+        # sender only, so a caller's record naming another sender changes nothing (None below, read again).
+        as_stored = replace(message, sender_id=sender)
         doc = await self._messages.find_one_and_update(
-            {"_id": message.id, "deleted": False},
-            with_outbox({"$set": _changeable(message)}, events),
-            projection=NO_OUTBOX,
+            {"_id": message.id, "deleted": False, "sender_id": sender},
+            with_outbox(
+                {"$set": {**_changeable(message), "search_keys": search_keys(as_stored, recipient or "")}}, events
+            ),
+            projection=NOT_READ,
             return_document=ReturnDocument.AFTER,
         )
         if doc is None:
+            if conversation is not None and await self._messages.find_one(
+                {"_id": message.id, "deleted": False, "sender_id": {"$ne": sender}}, {"_id": 1}
+            ):
+                return await self.save_change(message, events)
             return None
-        await self._outbox.flush(MESSAGES, message.id)
-        stored = message_from_doc(doc)
-        await self._index(stored)
-        return stored
+        await self._outbox.flush(MESSAGES, message.id, events)
+        return message_from_doc(doc)
 
     async def page(
         self, conversation_id: str, *, after_seq: int | None, before_seq: int | None, limit: int
@@ -333,7 +392,7 @@ class MongoMessageStore:
             changed = (
                 self._messages.find(
                     {"conversation_id": conversation_id, "seq": {"$lte": after_seq}, "updated_seq": {"$gt": after_seq}},
-                    NO_OUTBOX,
+                    NOT_READ,
                 )
                 .sort("seq", ASCENDING)
                 .limit(MAX_CHANGED_PER_SYNC)
@@ -341,7 +400,7 @@ class MongoMessageStore:
             newer: Doc = {"conversation_id": conversation_id, "seq": {"$gt": after_seq}}
             if before_seq is not None:
                 newer["seq"]["$lt"] = before_seq
-            cursor = self._messages.find(newer, NO_OUTBOX).sort("seq", ASCENDING).limit(limit + 1)
+            cursor = self._messages.find(newer, NOT_READ).sort("seq", ASCENDING).limit(limit + 1)
             new_docs = [doc async for doc in cursor]
             messages = [message_from_doc(doc) async for doc in changed] + [
                 message_from_doc(d) for d in new_docs[:limit]
@@ -351,6 +410,6 @@ class MongoMessageStore:
         if before_seq is not None:
             query["seq"] = {"$lt": before_seq}
         # Newest page first from the database, returned oldest first.
-        cursor = self._messages.find(query, NO_OUTBOX).sort("seq", DESCENDING).limit(limit + 1)
+        cursor = self._messages.find(query, NOT_READ).sort("seq", DESCENDING).limit(limit + 1)
         docs = [doc async for doc in cursor]
         return [message_from_doc(d) for d in reversed(docs[:limit])], len(docs) > limit

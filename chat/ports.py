@@ -50,10 +50,17 @@ class InboxHooks(Protocol):
         ...
 
     async def check_can_send(self, conversation: Conversation, sender_id: str) -> None:
-        """Raise (`blocked`) when either participant blocks the other."""
+        """Raise (`blocked`) when either participant blocks the other (from the conversation as read: no I/O)."""
 
-    async def message_arrived(self, conversation: Conversation, message: Message) -> None:
-        """A message was stored: the recipient's archive gives the conversation back, their reminder starts."""
+    async def blocked_between(self, a: str, b: str) -> bool:
+        """Whether either user blocks the other (asked when a conversation is created)."""
+        ...
+
+    def message_stored(self, conversation: Conversation, message: Message) -> None:
+        """A message was committed (its `message.sent` is in the log or on its way): no I/O, no waiting.
+
+        The inbox keeps what a message means for it (the archive, the reminder timers) by consuming
+        `message.sent` from the event log; this only wakes that projection."""
 
     async def conversation_read(self, conversation: Conversation, user_id: str, seq: int) -> None: ...
 
@@ -70,7 +77,10 @@ class NoInbox:
     async def check_can_send(self, conversation: Conversation, sender_id: str) -> None:
         return None
 
-    async def message_arrived(self, conversation: Conversation, message: Message) -> None:
+    async def blocked_between(self, a: str, b: str) -> bool:
+        return False
+
+    def message_stored(self, conversation: Conversation, message: Message) -> None:
         return None
 
     async def conversation_read(self, conversation: Conversation, user_id: str, seq: int) -> None:

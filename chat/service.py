@@ -45,6 +45,9 @@ from core.views import View
 
 log = logging.getLogger(__name__)
 
+# Conversations whose last stored seq is remembered per process (a hint only: forgetting costs a retry).
+SEQS_REMEMBERED = 50_000
+
 
 @dataclass(frozen=True)
 class Page:
@@ -78,6 +81,8 @@ class ChatService:
         self._locks = locks or LocalLocks()
         self._clock = clock or SystemClock()
         self._inbox: InboxHooks = NoInbox()
+        # The last seq this node stored per conversation: a hint for the next send (see _send_message).
+        self._seqs_written: dict[str, int] = {}
 
     def use_inbox(self, inbox: InboxHooks) -> None:
         """Wire in the inbox part (built after chat, since it depends on chat)."""
@@ -96,9 +101,15 @@ class ChatService:
             raise Forbidden("you can only open a conversation you take part in", code=Code.NOT_A_PARTICIPANT)
         if buyer_id == seller_id:
             raise InvalidInput("buyer and seller must be different users", code=Code.SAME_BUYER_AND_SELLER)
+        # A conversation between a blocked pair starts blocked. Asked again once it exists: a block
+        # made meanwhile flagged every conversation it found, which may have been before this one.
+        blocked = await self._inbox.blocked_between(buyer_id, seller_id)
         conversation, created = await self._conversations.get_or_create(
-            buyer_id, seller_id, order_id, now=self._clock.now()
+            buyer_id, seller_id, order_id, now=self._clock.now(), blocked=blocked
         )
+        if created and not blocked and await self._inbox.blocked_between(buyer_id, seller_id):
+            await self._conversations.set_blocked(buyer_id, seller_id, True)
+            conversation = replace(conversation, blocked=True)
         return await self._conversation_view(conversation, caller.user_id), created
 
     async def get_conversation(self, caller: Identity, conversation_id: str) -> View:
@@ -243,9 +254,12 @@ class ChatService:
             conversation, caller.user_id, client_id, text, tuple(attachment_ids), kind, findings, delivery_id
         )
         async with self._locks.hold(conversation_id):
+            # The conversation was read before the lock: a send that held it meanwhile on this node
+            # moved last_seq on, and starting from that spares the adapter a refused seq and a look-up.
+            seen = max(conversation.last_seq, self._seqs_written.get(conversation_id, 0))
             # One store call: the seq read, the message with its events, and the conversation's record.
             stored = await self._messages.insert_next(
-                conversation_id, conversation.role_of(caller.user_id), build, last_seq=conversation.last_seq
+                replace(conversation, last_seq=seen), conversation.role_of(caller.user_id), build
             )
             if stored is None:  # a retry, or the same client_id landed meanwhile (a concurrent one): it answers
                 self._send_limits.give_back(caller.user_id)
@@ -254,11 +268,16 @@ class ChatService:
                     raise Conflict("try again", code=Code.ID_COLLISION)
                 return await self._replayed(raced, conversation_id, caller.user_id)
             message = stored
+            if len(self._seqs_written) >= SEQS_REMEMBERED:
+                self._seqs_written.clear()
+            self._seqs_written[conversation_id] = max(message.seq, self._seqs_written.get(conversation_id, 0))
             if attachment_ids:
                 await self._attachments.link_to_message(attachment_ids, message.id)
             described = await self._attachments.describe(attachment_ids) if attachment_ids else {}
             views = await self._fan_out("message:new", message, conversation.participants, described)
-        await self._inbox.message_arrived(conversation, message)
+        # What the message means for the inbox follows from its `message.sent` in the log (a
+        # projection, off the send path); this only wakes it, so nothing here waits on the database.
+        self._inbox.message_stored(conversation, message)
 
         self._metrics.messages_sent.labels(kind=str(kind)).inc()
         if findings:
@@ -412,7 +431,7 @@ class ChatService:
             }
             events = [new_event(event_type, message.conversation_id, data)]
             events += extra_events(message) if extra_events else []
-            updated = await self._messages.save_change(changed, events)
+            updated = await self._messages.save_change(changed, events, conversation=fresh or conversation)
             if updated is None:
                 raise Conflict("the message was deleted", code=Code.MESSAGE_DELETED)
             await self._conversations.touch_activity(message.conversation_id, epoch_ms(self._clock.now()))
@@ -513,6 +532,14 @@ class ChatService:
         """(buyer, seller) of a conversation, for read models built from events."""
         conversation = await self._conversations.get(conversation_id)
         return conversation.participants if conversation else None
+
+    async def set_blocked(self, a: str, b: str, blocked: bool) -> int:
+        """Flag (or unflag) every conversation between the two users; how many changed (the inbox keeps it)."""
+        return await self._conversations.set_blocked(a, b, blocked)
+
+    async def blocked_pairs(self) -> set[tuple[str, str]]:
+        """(buyer, seller) of the conversations flagged blocked, for the inbox's reconciliation."""
+        return await self._conversations.blocked_pairs()
 
     async def ensure_can_send(self, caller: Identity, conversation: Conversation) -> None:
         """Raise (`blocked`) unless the caller may add to this conversation (from conversation_for) now.

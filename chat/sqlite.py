@@ -48,11 +48,17 @@ SCHEMA: list[list[str]] = [
         "CREATE VIRTUAL TABLE message_search USING fts5(keys, body, tokenize='unicode61 remove_diacritics 2')",
         "CREATE TABLE message_search_state (backfilled INTEGER NOT NULL)",
     ],
+    # Whether either participant blocks the other, kept by the inbox, so a send reads it with the
+    # conversation instead of looking the blocks up (ChatService.set_blocked).
+    [
+        "ALTER TABLE conversations ADD COLUMN blocked INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX conversations_blocked ON conversations (blocked) WHERE blocked = 1",
+    ],
 ]
 
 CONVERSATION_COLUMNS = (
     "id, buyer_id, seller_id, order_id, created_ms, last_seq, last_message_id, last_activity_ms,"
-    " buyer_read_seq, seller_read_seq"
+    " buyer_read_seq, seller_read_seq, blocked"
 )
 READ_COLUMN = {Role.BUYER: "buyer_read_seq", Role.SELLER: "seller_read_seq"}
 MESSAGE = RecordCodec(Message)
@@ -71,6 +77,7 @@ def _conversation(row: Sequence[Any]) -> Conversation:
         last_activity_ms=row[7],
         buyer_read_seq=row[8],
         seller_read_seq=row[9],
+        blocked=bool(row[10]),
     )
 
 
@@ -90,7 +97,7 @@ class SqliteConversationStore:
         return await self._engine.run(get, write=False)
 
     async def get_or_create(
-        self, buyer_id: str, seller_id: str, order_id: str | None, *, now: datetime
+        self, buyer_id: str, seller_id: str, order_id: str | None, *, now: datetime, blocked: bool = False
     ) -> tuple[Conversation, bool]:
         def get_or_create(c: Connection) -> tuple[Conversation, bool]:
             found = c.execute(
@@ -108,10 +115,11 @@ class SqliteConversationStore:
                 order_id=order_id,
                 created_at=from_ms(to_ms(now)),
                 last_activity_ms=to_ms(now),
+                blocked=blocked,
             )
             c.execute(
-                f"INSERT INTO conversations ({CONVERSATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, 0, NULL, ?, 0, 0)",
-                (created.id, buyer_id, seller_id, order_id, to_ms(now), created.last_activity_ms),
+                f"INSERT INTO conversations ({CONVERSATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, 0, NULL, ?, 0, 0, ?)",
+                (created.id, buyer_id, seller_id, order_id, to_ms(now), created.last_activity_ms, int(blocked)),
             )
             return created, True
 
@@ -156,6 +164,24 @@ class SqliteConversationStore:
             return moved.rowcount > 0
 
         return await self._engine.run(advance)
+
+    async def set_blocked(self, a: str, b: str, blocked: bool) -> int:
+        def flag(c: Connection) -> int:
+            changed = c.execute(
+                "UPDATE conversations SET blocked = ? WHERE ((buyer_id = ? AND seller_id = ?)"
+                " OR (buyer_id = ? AND seller_id = ?)) AND blocked != ?",
+                (int(blocked), a, b, b, a, int(blocked)),
+            )
+            return int(changed.rowcount)
+
+        return await self._engine.run(flag)
+
+    async def blocked_pairs(self, *, limit: int = 10_000) -> set[tuple[str, str]]:
+        def pairs(c: Connection) -> set[tuple[str, str]]:
+            rows = c.execute("SELECT buyer_id, seller_id FROM conversations WHERE blocked = 1 LIMIT ?", (limit,))
+            return {(row[0], row[1]) for row in rows}
+
+        return await self._engine.run(pairs, write=False)
 
     async def partners_of(self, user_id: str, *, limit: int = 500) -> set[str]:
         def partners(c: Connection) -> set[str]:
@@ -288,16 +314,19 @@ class SqliteMessageStore:
 
         return await self._engine.run(highest, write=False)
 
-    async def insert(self, message: Message, events: Sequence[Event]) -> None:
+    async def insert(
+        self, message: Message, events: Sequence[Event], *, conversation: Conversation | None = None
+    ) -> None:
+        # The participants are read in the transaction (no round trip): `conversation` is not needed.
         def insert(c: Connection) -> None:
             _insert_with_events(c, message, events)
 
         await self._engine.run(insert)
 
-    async def insert_next(
-        self, conversation_id: str, sender_role: Role, build: BuildMessage, *, last_seq: int | None = None
-    ) -> Message | None:
-        # The hint is not needed: reading the seq here is part of the same transaction.
+    async def insert_next(self, conversation: Conversation, sender_role: Role, build: BuildMessage) -> Message | None:
+        # The caller's reading is not needed: reading the seq here is part of the same transaction.
+        conversation_id = conversation.id
+
         def insert_next(c: Connection) -> Message | None:
             row = c.execute("SELECT last_seq FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
             seq = (int(row[0]) if row else 0) + 1
@@ -318,7 +347,9 @@ class SqliteMessageStore:
 
         return await self._engine.run(insert_next)
 
-    async def save_change(self, message: Message, events: Sequence[Event]) -> Message | None:
+    async def save_change(
+        self, message: Message, events: Sequence[Event], *, conversation: Conversation | None = None
+    ) -> Message | None:
         def save(c: Connection) -> Message | None:
             row = c.execute("SELECT body FROM messages WHERE id = ? AND deleted = 0", (message.id,)).fetchone()
             if row is None:

@@ -35,9 +35,11 @@ class ConversationStore(Protocol):
     async def get(self, conversation_id: str) -> Conversation | None: ...
 
     async def get_or_create(
-        self, buyer_id: str, seller_id: str, order_id: str | None, *, now: datetime
+        self, buyer_id: str, seller_id: str, order_id: str | None, *, now: datetime, blocked: bool = False
     ) -> tuple[Conversation, bool]:
-        """The conversation of this pair about this order (or none); True when it was just created."""
+        """The conversation of this pair about this order (or none); True when it was just created.
+
+        A conversation created here starts `blocked` as given; an existing one is answered as stored."""
         ...
 
     async def list_for(self, user_id: str, *, limit: int, before: tuple[int, str] | None) -> list[Conversation]:
@@ -53,6 +55,14 @@ class ConversationStore(Protocol):
 
     async def advance_read(self, conversation_id: str, role: Role, seq: int) -> bool:
         """Move the role's read position forward; False when it was already there or beyond."""
+        ...
+
+    async def set_blocked(self, a: str, b: str, blocked: bool) -> int:
+        """Flag (or unflag) every conversation between the two users, in either role; how many changed."""
+        ...
+
+    async def blocked_pairs(self, *, limit: int = 10_000) -> set[tuple[str, str]]:
+        """(buyer, seller) of the conversations flagged blocked, for the reconciliation with the blocks."""
         ...
 
     async def partners_of(self, user_id: str, *, limit: int = 500) -> set[str]:
@@ -71,28 +81,35 @@ class MessageStore(Protocol):
 
     async def highest_seq(self, conversation_id: str) -> int: ...
 
-    async def insert(self, message: Message, events: Sequence[Event]) -> None:
-        """Store a message with its events; raises ClientIdTaken or SeqTaken on a clash."""
+    async def insert(
+        self, message: Message, events: Sequence[Event], *, conversation: Conversation | None = None
+    ) -> None:
+        """Store a message with its events; raises ClientIdTaken or SeqTaken on a clash.
 
-    async def insert_next(
-        self, conversation_id: str, sender_role: Role, build: BuildMessage, *, last_seq: int | None = None
-    ) -> Message | None:
+        `conversation` (the message's, as the caller read it) spares an adapter reading its
+        participants for the search index."""
+
+    async def insert_next(self, conversation: Conversation, sender_role: Role, build: BuildMessage) -> Message | None:
         """Store the conversation's next message: the send path's storage in one call.
 
-        `last_seq` is the caller's recent reading of the conversation's last seq: an adapter that
-        would need a round trip to read it may start from there instead (a stale one only costs a
-        retry past the seq another writer took).
+        `conversation` is the caller's recent reading of it: an adapter that would need a round trip
+        to read the last seq or the participants starts from it instead (a stale last seq only costs
+        a retry past the seq another writer took; the participants never change).
 
-        Reads the conversation's last seq, stores `build(last_seq + 1)` with its events (past a seq
-        another writer took meanwhile, building again), and records it on the conversation as
-        `ConversationStore.record_message` does. None when the sender had already stored a message
-        with that client_id. One transaction on SQLite; on MongoDB three awaited steps, each atomic
-        on its own document (read, insert with the outbox, record), as the separate calls were.
+        Stores `build(last_seq + 1)` with its events (past a seq another writer took meanwhile,
+        building again), and records it on the conversation as `ConversationStore.record_message`
+        does. None when the sender had already stored a message with that client_id. One transaction
+        on SQLite (which reads the last seq again inside it); on MongoDB two awaited writes, each
+        atomic on its own document (the insert with its outbox and search keys, the record).
         """
         ...
 
-    async def save_change(self, message: Message, events: Sequence[Event]) -> Message | None:
-        """Write the message's changeable fields with its events, unless the stored one is deleted (then None)."""
+    async def save_change(
+        self, message: Message, events: Sequence[Event], *, conversation: Conversation | None = None
+    ) -> Message | None:
+        """Write the message's changeable fields with its events, unless the stored one is deleted (then None).
+
+        `conversation` as for insert."""
         ...
 
     async def search(

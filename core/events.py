@@ -65,6 +65,10 @@ class EventLog(Protocol):
         """Events with a position above `after`, oldest first, optionally of the given types only."""
         ...
 
+    async def last_position(self) -> int:
+        """The position of the last event in the log (0 when it is empty)."""
+        ...
+
 
 class InMemoryEventLog:
     """The EventLog port in memory, for fast tests."""
@@ -85,6 +89,9 @@ class InMemoryEventLog:
     async def read(self, *, after: int = 0, limit: int = 100, types: Collection[str] | None = None) -> list[Event]:
         found = [e for e in self._events[after:] if types is None or e.type in types]
         return found[:limit]
+
+    async def last_position(self) -> int:
+        return len(self._events)
 
 
 __all__ = ["EVENT_VERSION", "Event", "EventLog", "InMemoryEventLog", "new_event"]

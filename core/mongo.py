@@ -13,14 +13,17 @@ the unique `_id`), so a reader that has seen position N can never later find an 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
-from pymongo.errors import DuplicateKeyError
+from pymongo import ReturnDocument
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from core.events import Event
 
@@ -85,7 +88,8 @@ class MongoEventLog:
     def __init__(self, db: Any) -> None:
         self._events = db["events"]
         # One appender per process: positions are taken one after another here, and the
-        # unique _id settles races with other processes.
+        # unique _id settles races with other processes. No send waits on it: a send's events are
+        # moved by the Outbox's mover task, a batch of sends per append.
         self._lock = asyncio.Lock()
         self._next_position: int | None = None
         # Set by the Outbox: events committed in documents but not yet moved here are waited for
@@ -101,23 +105,40 @@ class MongoEventLog:
             return
         async with self._lock:
             # No look-up first: the unique index on the event id is what turns a second append into a no-op.
-            for event in events:
-                await self._append_one(event)
+            await self._append_all(list(events))
 
-    async def _append_one(self, event: Event) -> None:
-        while True:
+    async def _append_all(self, events: list[Event]) -> None:
+        """One insert_many of consecutive positions for the lot, continued past whatever refuses one.
+
+        Ordered, so the events before a refused one hold the positions before it and none after it
+        was written: an event already in the log (its id) is skipped and takes no position; a position
+        another process took sends the rest after the log's end, read again. Positions stay dense."""
+        while events:
             if self._next_position is None:
-                last = await self._events.find_one({}, {"_id": 1}, sort=[("_id", -1)])
-                self._next_position = (last["_id"] if last else 0) + 1
-            position = self._next_position
+                self._next_position = await self.last_position() + 1
+            start = self._next_position
             try:
-                await self._events.insert_one({"_id": position, **event_doc(event)})
-            except DuplicateKeyError as exc:
-                if "id" in duplicate_key_fields(exc):
-                    return  # another process appended this very event
-                self._next_position = None  # another process took the position: re-read
+                await self._events.insert_many(
+                    [{"_id": start + n, **event_doc(e)} for n, e in enumerate(events)], ordered=True
+                )
+            except BulkWriteError as exc:
+                refused = ((exc.details or {}).get("writeErrors") or [{}])[0]
+                index = int(refused.get("index", 0))
+                if refused.get("code") != 11000:
+                    self._next_position = None
+                    raise
+                fields = set((refused.get("keyPattern") or {}).keys())
+                if not fields:  # an engine that does not say which index: decided by looking
+                    taken = await self._events.find_one({"id": events[index].id}, {"_id": 1})
+                    fields = {"id"} if taken is not None else {"_id"}
+                if "id" in fields:  # another process appended this very event
+                    self._next_position = start + index
+                    events = events[index + 1 :]
+                else:  # another process took the position: re-read the end
+                    self._next_position = None
+                    events = events[index:]
                 continue
-            self._next_position = position + 1
+            self._next_position = start + len(events)
             return
 
     async def read(self, *, after: int = 0, limit: int = 100, types: Collection[str] | None = None) -> list[Event]:
@@ -128,6 +149,10 @@ class MongoEventLog:
             query["type"] = {"$in": list(types)}
         cursor = self._events.find(query).sort("_id", 1).limit(limit)
         return [event_from_doc(doc) async for doc in cursor]
+
+    async def last_position(self) -> int:
+        last = await self._events.find_one({}, {"_id": 1}, sort=[("_id", -1)])
+        return int(last["_id"]) if last else 0
 
 
 class Outbox:
@@ -143,6 +168,11 @@ class Outbox:
         self._mover: asyncio.Task[None] | None = None
         self._moving = False
         self._moved = asyncio.Condition()
+        # Documents handed to move_soon, and how many of them the mover is done with (moved, or
+        # left to the sweep): a settle waits for those handed before it, not for an idle mover,
+        # which under a steady stream of sends would never come.
+        self._handed = 0
+        self._done = 0
         log_.settle_pending = self.settle
 
     def serve(self, collection: str) -> None:
@@ -174,29 +204,48 @@ class Outbox:
         if not events:
             return
         self._pending.append((collection, doc_id, [event_doc(e) for e in events]))
+        self._handed += 1
         if not self._moving:
             self._moving = True
             self._mover = asyncio.create_task(self._drain_pending(), name="outbox-mover")
 
     async def settle(self) -> None:
-        """Wait until every event handed to `move_soon` in this process is in the log."""
+        """Wait until every event handed to `move_soon` in this process so far is in the log."""
+        handed = self._handed
         async with self._moved:
-            await self._moved.wait_for(lambda: not self._moving)
+            await self._moved.wait_for(lambda: self._done >= handed or not self._moving)
 
     async def _drain_pending(self) -> None:
         try:
             while self._pending:
-                collection, doc_id, event_docs = self._pending[0]
+                # Everything handed over meanwhile, in commit order: one append (one insert_many) and
+                # one $pull per collection, however many sends it holds.
+                batch, self._pending = self._pending, []
                 try:
-                    await self._move(collection, doc_id, event_docs)
+                    await self._move_many(batch)
                 except Exception:
-                    # Still in the document: the sweeper (every minute, and at start) moves it.
+                    # Still in the documents: the sweeper (every minute, and at start) moves them.
                     log.exception("moving events to the log failed; the sweep will retry")
-                del self._pending[0]
+                self._done += len(batch)
+                async with self._moved:
+                    self._moved.notify_all()
         finally:
             self._moving = False
             async with self._moved:
                 self._moved.notify_all()
+
+    async def _move_many(self, batch: Sequence[tuple[str, Any, list[Doc]]]) -> None:
+        await self._log.append([event_from_doc(e) for _, _, event_docs in batch for e in event_docs])
+        by_collection: dict[str, tuple[list[Any], list[str]]] = {}
+        for collection, doc_id, event_docs in batch:
+            ids, event_ids = by_collection.setdefault(collection, ([], []))
+            ids.append(doc_id)
+            event_ids += [e["id"] for e in event_docs]
+        for collection, (ids, event_ids) in by_collection.items():
+            # Each document holds only its own events, so pulling all the batch's ids from each is exact.
+            await self._db[collection].update_many(
+                {"_id": {"$in": ids}}, {"$pull": {OUTBOX_FIELD: {"id": {"$in": event_ids}}}}
+            )
 
     async def _move(self, collection: str, doc_id: Any, event_docs: Sequence[Mapping[str, Any]]) -> None:
         if not event_docs:
@@ -231,6 +280,52 @@ class Outbox:
                 log.exception("outbox sweep failed; will retry")
 
 
+# --- leased checkpoints (core/checkpoints.py): single-document atomic updates, no transactions ------
+
+CHECKPOINTS_COLLECTION = "relay_checkpoints"
+
+
+class MongoCheckpoints:
+    """The `relay_checkpoints` collection (named when only the relay used it), one document per reader."""
+
+    def __init__(self, db: Any) -> None:
+        self._checkpoints = db[CHECKPOINTS_COLLECTION]
+
+    async def ensure(self, name: str, *, position: int = 0) -> None:
+        with contextlib.suppress(DuplicateKeyError):  # already there: resume from it
+            await self._checkpoints.insert_one(
+                {"_id": name, "position": position, "lease_owner": None, "lease_until": 0.0, "updated_at": time.time()}
+            )
+
+    async def claim(self, name: str, owner: str, *, now: float, lease_seconds: float) -> int | None:
+        doc = await self._checkpoints.find_one_and_update(
+            {"_id": name, "$or": [{"lease_owner": owner}, {"lease_until": {"$lt": now}}]},
+            {"$set": {"lease_owner": owner, "lease_until": now + lease_seconds}},
+            return_document=ReturnDocument.AFTER,
+        )
+        return int(doc["position"]) if doc else None
+
+    async def advance(
+        self, name: str, owner: str, position: int, sent: int, *, now: float, lease_seconds: float
+    ) -> bool:
+        result = await self._checkpoints.update_one(
+            {"_id": name, "lease_owner": owner},
+            {
+                "$max": {"position": position},
+                "$set": {"lease_until": now + lease_seconds, "updated_at": now},
+                "$inc": {"relayed": sent},
+            },
+        )
+        return bool(result.matched_count)
+
+    async def release(self, name: str, owner: str) -> None:
+        await self._checkpoints.update_one({"_id": name, "lease_owner": owner}, {"$set": {"lease_until": 0.0}})
+
+    async def position(self, name: str) -> int | None:
+        doc = await self._checkpoints.find_one({"_id": name})
+        return int(doc["position"]) if doc else None
+
+
 def with_outbox(update: Doc, events: Sequence[Event]) -> Doc:
     """An update that also records `events` in the document, in the same write."""
     if events:
@@ -243,6 +338,7 @@ NO_OUTBOX = {OUTBOX_FIELD: 0}
 __all__ = [
     "NO_OUTBOX",
     "OUTBOX_FIELD",
+    "MongoCheckpoints",
     "MongoEventLog",
     "Outbox",
     "aware",

@@ -24,6 +24,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 import types
 import typing
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -395,11 +396,90 @@ class SqliteEventLog:
 
         return await self._engine.run(read, write=False)
 
+    async def last_position(self) -> int:
+        def last(connection: Connection) -> int:
+            return int(connection.execute("SELECT max(position) FROM events").fetchone()[0] or 0)
+
+        return await self._engine.run(last, write=False)
+
+
+# --- leased checkpoints (core/checkpoints.py): the Kafka relay's and the projections' ----------------
+# The table keeps the name it had when only the relay used it, so existing databases carry on.
+
+CHECKPOINTS_SCHEMA: list[list[str]] = [
+    [
+        "CREATE TABLE relay_checkpoints (name TEXT PRIMARY KEY, position INTEGER NOT NULL, lease_owner TEXT,"
+        " lease_until REAL NOT NULL, updated_at REAL NOT NULL, relayed INTEGER NOT NULL DEFAULT 0)",
+    ]
+]
+
+
+class SqliteCheckpoints:
+    def __init__(self, engine: SqliteEngine) -> None:
+        self._engine = engine
+        self._migrated = False
+
+    async def _ready(self) -> SqliteEngine:
+        # Only a process that relays needs the table, so it is made on first use, not at every start.
+        if not self._migrated:
+            await self._engine.migrate("relay", CHECKPOINTS_SCHEMA)
+            self._migrated = True
+        return self._engine
+
+    async def ensure(self, name: str, *, position: int = 0) -> None:
+        await (await self._ready()).run(
+            lambda c: c.execute(
+                "INSERT OR IGNORE INTO relay_checkpoints (name, position, lease_owner, lease_until, updated_at)"
+                " VALUES (?, ?, NULL, 0.0, ?)",
+                (name, position, time.time()),
+            )
+        )
+
+    async def claim(self, name: str, owner: str, *, now: float, lease_seconds: float) -> int | None:
+        def claim(c: Connection) -> int | None:
+            row = c.execute(
+                "UPDATE relay_checkpoints SET lease_owner = ?, lease_until = ?"
+                " WHERE name = ? AND (lease_owner = ? OR lease_until < ?) RETURNING position",
+                (owner, now + lease_seconds, name, owner, now),
+            ).fetchone()
+            return int(row[0]) if row else None
+
+        return await (await self._ready()).run(claim)
+
+    async def advance(
+        self, name: str, owner: str, position: int, sent: int, *, now: float, lease_seconds: float
+    ) -> bool:
+        def advance(c: Connection) -> bool:
+            moved = c.execute(
+                "UPDATE relay_checkpoints SET position = max(position, ?), lease_until = ?, updated_at = ?,"
+                " relayed = relayed + ? WHERE name = ? AND lease_owner = ?",
+                (position, now + lease_seconds, now, sent, name, owner),
+            )
+            return moved.rowcount > 0
+
+        return await (await self._ready()).run(advance)
+
+    async def release(self, name: str, owner: str) -> None:
+        await (await self._ready()).run(
+            lambda c: c.execute(
+                "UPDATE relay_checkpoints SET lease_until = 0.0 WHERE name = ? AND lease_owner = ?", (name, owner)
+            )
+        )
+
+    async def position(self, name: str) -> int | None:
+        def position(c: Connection) -> int | None:
+            row = c.execute("SELECT position FROM relay_checkpoints WHERE name = ?", (name,)).fetchone()
+            return int(row[0]) if row else None
+
+        return await (await self._ready()).run(position, write=False)
+
 
 __all__ = [
+    "CHECKPOINTS_SCHEMA",
     "EVENTS_SCHEMA",
     "RecordCodec",
     "SchemaTooNew",
+    "SqliteCheckpoints",
     "SqliteEngine",
     "SqliteEventLog",
     "append_events",

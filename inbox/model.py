@@ -51,3 +51,15 @@ class FirstAnswer:
     buyer_id: str
     started_at: datetime
     answered_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageNote:
+    """What one stored message means for the inbox: projected from its `message.sent`."""
+
+    conversation_id: str
+    sender_id: str
+    recipient_id: str
+    seq: int
+    at: datetime
+    due_at: datetime

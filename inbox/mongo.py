@@ -10,12 +10,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, DeleteOne, ReturnDocument, UpdateOne
 from pymongo.errors import DuplicateKeyError
 
 from core.events import Event
 from core.mongo import NO_OUTBOX, OUTBOX_FIELD, Doc, Outbox, aware, event_doc, with_outbox
-from inbox.model import Block, FirstAnswer, InboxState, Reminder
+from inbox.model import Block, FirstAnswer, InboxState, MessageNote, Reminder
 
 BLOCKS = "blocks"
 REMINDERS = "unread_reminders"
@@ -129,6 +129,10 @@ class MongoInboxStore:
         found = await self._blocks.find_one({"_id": {"$in": [_state_id(a, b), _state_id(b, a)]}}, {"_id": 1})
         return found is not None
 
+    async def block_pairs(self, *, limit: int = 10_000) -> list[tuple[str, str]]:
+        cursor = self._blocks.find({}, {"blocker_id": 1, "blocked_id": 1}).limit(limit)
+        return [(doc["blocker_id"], doc["blocked_id"]) async for doc in cursor]
+
 
 def _reminder(doc: Doc) -> Reminder:
     return Reminder(
@@ -177,12 +181,48 @@ class MongoReminderStore:
     async def note_message(
         self, conversation_id: str, sender_id: str, recipient_id: str, seq: int, *, at: datetime, due_at: datetime
     ) -> None:
-        # Three single-document writes, each idempotent: a crash between them loses nothing a retry needs.
-        await self._states.update_one(
-            {"_id": _state_id(recipient_id, conversation_id), "archived": True}, {"$set": {"archived": False}}
-        )
-        await self.note_read(sender_id, conversation_id, seq)
-        await self.note_unread(recipient_id, conversation_id, seq, at=at, due_at=due_at)
+        await self.note_messages([MessageNote(conversation_id, sender_id, recipient_id, seq, at, due_at)])
+
+    async def note_messages(self, notes: Sequence[MessageNote]) -> None:
+        if not notes:
+            return
+        # One command for every unarchive of the batch.
+        await self._states.update_many(
+            {"_id": {"$in": list(dict.fromkeys(_state_id(n.recipient_id, n.conversation_id) for n in notes))},
+             "archived": True},
+            {"$set": {"archived": False}},
+        )  # fmt: skip
+        # Each streak's notes folded to what noting them in order leaves: its last read (the sender's
+        # own message), then the unread messages after it as one upsert that starts the streak at
+        # the first of them. So one ordered bulk_write: every delete, then every upsert (2 commands).
+        read: dict[str, int] = {}
+        unread: dict[str, tuple[MessageNote, int]] = {}
+        for n in notes:
+            sender, recipient = _state_id(n.sender_id, n.conversation_id), _state_id(n.recipient_id, n.conversation_id)
+            read[sender] = max(read.get(sender, 0), n.seq)
+            unread.pop(sender, None)  # read up to here: a streak starts after it, if at all
+            first, last = unread.get(recipient, (n, n.seq))
+            unread[recipient] = (first, max(last, n.seq))
+        writes: list[Any] = [DeleteOne({"_id": doc_id, "last_seq": {"$lte": seq}}) for doc_id, seq in read.items()]
+        writes += [
+            UpdateOne(
+                {"_id": doc_id},
+                {
+                    "$setOnInsert": {
+                        "user_id": first.recipient_id,
+                        "conversation_id": first.conversation_id,
+                        "due_at": first.due_at,
+                        "oldest_unread_at": first.at,
+                        "first_unread_seq": first.seq,
+                        "fired": False,
+                    },
+                    "$max": {"last_seq": last},
+                },
+                upsert=True,
+            )
+            for doc_id, (first, last) in unread.items()
+        ]
+        await self._reminders.bulk_write(writes, ordered=True)
 
     async def due(self, now: datetime, *, limit: int = 200) -> list[Reminder]:
         cursor = self._reminders.find({"fired": False, "due_at": {"$lte": now}}, NO_OUTBOX).sort("due_at", ASCENDING)

@@ -9,7 +9,7 @@ from typing import Any
 
 from core.events import Event
 from core.sqlite import Connection, SqliteEngine, append_events, from_ms, in_list, to_ms
-from inbox.model import Block, FirstAnswer, InboxState, Reminder
+from inbox.model import Block, FirstAnswer, InboxState, MessageNote, Reminder
 
 SCHEMA: list[list[str]] = [
     [
@@ -153,6 +153,13 @@ class SqliteInboxStore:
 
         return await self._engine.run(between, write=False)
 
+    async def block_pairs(self, *, limit: int = 10_000) -> list[tuple[str, str]]:
+        def pairs(c: Connection) -> list[tuple[str, str]]:
+            rows = c.execute("SELECT blocker_id, blocked_id FROM blocks LIMIT ?", (limit,))
+            return [(r[0], r[1]) for r in rows]
+
+        return await self._engine.run(pairs, write=False)
+
 
 REMINDER_COLUMNS = "user_id, conversation_id, due_ms, oldest_unread_ms, first_unread_seq, last_seq, fired"
 
@@ -190,23 +197,28 @@ class SqliteReminderStore:
     async def note_message(
         self, conversation_id: str, sender_id: str, recipient_id: str, seq: int, *, at: datetime, due_at: datetime
     ) -> None:
-        def note(c: Connection) -> None:
-            # One transaction on the send path instead of three (inbox_states is this part's table too).
-            c.execute(
-                "UPDATE inbox_states SET archived = 0 WHERE user_id = ? AND conversation_id = ? AND archived = 1",
-                (recipient_id, conversation_id),
-            )
-            c.execute(
-                "DELETE FROM unread_reminders WHERE user_id = ? AND conversation_id = ? AND last_seq <= ?",
-                (sender_id, conversation_id, seq),
-            )
-            c.execute(
-                f"INSERT INTO unread_reminders ({REMINDER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 0)"
-                " ON CONFLICT (user_id, conversation_id) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
-                (recipient_id, conversation_id, to_ms(due_at), to_ms(at), seq, seq),
-            )
+        await self.note_messages([MessageNote(conversation_id, sender_id, recipient_id, seq, at, due_at)])
 
-        await self._engine.run(note)
+    async def note_messages(self, notes: Sequence[MessageNote]) -> None:
+        def note(c: Connection) -> None:
+            # One transaction for the whole batch (inbox_states is this part's table too), in log order.
+            for n in notes:
+                c.execute(
+                    "UPDATE inbox_states SET archived = 0 WHERE user_id = ? AND conversation_id = ? AND archived = 1",
+                    (n.recipient_id, n.conversation_id),
+                )
+                c.execute(
+                    "DELETE FROM unread_reminders WHERE user_id = ? AND conversation_id = ? AND last_seq <= ?",
+                    (n.sender_id, n.conversation_id, n.seq),
+                )
+                c.execute(
+                    f"INSERT INTO unread_reminders ({REMINDER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 0)"
+                    " ON CONFLICT (user_id, conversation_id) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
+                    (n.recipient_id, n.conversation_id, to_ms(n.due_at), to_ms(n.at), n.seq, n.seq),
+                )
+
+        if notes:
+            await self._engine.run(note)
 
     async def due(self, now: datetime, *, limit: int = 200) -> list[Reminder]:
         def due(c: Connection) -> list[Reminder]:

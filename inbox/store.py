@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Protocol
 
 from core.events import Event
-from inbox.model import Block, FirstAnswer, InboxState, Reminder
+from inbox.model import Block, FirstAnswer, InboxState, MessageNote, Reminder
 
 
 class InboxStore(Protocol):
@@ -47,6 +47,10 @@ class InboxStore(Protocol):
         """Whether either user blocks the other."""
         ...
 
+    async def block_pairs(self, *, limit: int = 10_000) -> list[tuple[str, str]]:
+        """(blocker, blocked) of every block, for the reconciliation of the conversations' flags."""
+        ...
+
 
 class ReminderStore(Protocol):
     """Durable unread-reminder timers, one per user and conversation while an unread streak lasts."""
@@ -64,8 +68,13 @@ class ReminderStore(Protocol):
     async def note_message(
         self, conversation_id: str, sender_id: str, recipient_id: str, seq: int, *, at: datetime, due_at: datetime
     ) -> None:
-        """A message was stored, in one write: the recipient's archive gives the conversation back, the
-        sender has read up to it (note_read), the recipient has it unread (note_unread)."""
+        """A message was stored: `note_messages` of that one message."""
+
+    async def note_messages(self, notes: Sequence[MessageNote]) -> None:
+        """Messages were stored, in log order, in one store call: for each, the recipient's archive gives
+        the conversation back, the sender has read up to it (note_read), the recipient has it unread
+        (note_unread). The same as noting them one by one, in order; noting one again changes nothing
+        a later read or reminder would see (the projection that calls this is at least once)."""
 
     async def due(self, now: datetime, *, limit: int = 200) -> list[Reminder]:
         """Timers not yet fired whose time has come, the earliest first."""

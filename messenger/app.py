@@ -43,6 +43,7 @@ from chat.sockets import ChatGateway, SocketNotifier
 from chat.store import ConversationStore, MessageStore
 from config.settings import Settings
 from core.answers import Health, Readiness
+from core.checkpoints import Checkpoints
 from core.clock import Clock, SystemClock
 from core.dispatch import AfterCommit
 from core.events import EventLog
@@ -52,6 +53,7 @@ from core.mongo import Outbox
 from core.notify import Notifier
 from core.openapi import Route, RouteTable
 from core.sockets import SocketServer, engineio_protocol_errors, without_websocket_compression
+from inbox.arrivals import Arrivals
 from inbox.reminders import UnreadReminders
 from inbox.responsiveness import ResponseStats
 from inbox.rest import InboxRoutes
@@ -64,7 +66,6 @@ from messenger.web import WebClient
 from scanner import ClamdClient, ClamdUnavailable, EmbeddedClamd, ScanResult, Verdict
 from workers.pipeline import AttachmentPipeline, PipelineMetrics, Scanner
 from workers.previews import LocalPreviewRenderer, PreviewRenderer
-from workers.relay_store import RelayCheckpoints
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ class Container:
     events: EventLog
     # Only MongoDB needs one: on SQLite a write and its events commit in one transaction.
     outbox: Outbox | None
-    relay_checkpoints: RelayCheckpoints
+    relay_checkpoints: Checkpoints
     reactions: AfterCommit
     conversations: ConversationStore
     messages: MessageStore
@@ -123,6 +124,7 @@ class Container:
     inbox_store: InboxStore
     inbox: InboxService
     reminder_store: ReminderStore
+    arrivals: Arrivals
     reminders: UnreadReminders
     response_stats_store: ResponseStatsStore
     response_stats: ResponseStats
@@ -259,9 +261,10 @@ def build_container(
     attachments = AttachmentService(settings.attachments, attachment_store, storage, chat, reactions, notifier, clock)
     chat.use_attachments(attachments)
     inbox_store: InboxStore = stores.inbox
-    reminders = UnreadReminders(settings.inbox, stores.reminders, chat, clock)
+    arrivals = Arrivals(settings.inbox, stores.reminders, events, stores.relay_checkpoints)
+    reminders = UnreadReminders(settings.inbox, stores.reminders, chat, clock, arrivals)
     response_stats = ResponseStats(settings.inbox, stores.response_stats, events, chat, clock)
-    inbox = InboxService(inbox_store, chat, clock, reminders)
+    inbox = InboxService(inbox_store, chat, clock, reminders, arrivals)
     chat.use_inbox(inbox)
     delivery_store: DeliveryStore = stores.deliveries
     deliveries = DeliveryService(delivery_store, chat, attachments, reactions, notifier, clock)
@@ -320,6 +323,7 @@ def build_container(
         inbox_store=inbox_store,
         inbox=inbox,
         reminder_store=stores.reminders,
+        arrivals=arrivals,
         reminders=reminders,
         response_stats_store=stores.response_stats,
         response_stats=response_stats,
@@ -347,6 +351,11 @@ async def database_started(container: Container) -> AsyncIterator[None]:
         if container.outbox is not None:
             # A crash may have left events in documents; move them before serving.
             await container.outbox.sweep()
+        # Before serving, not only in housekeeping a minute later: conversations stored before they
+        # carried the `blocked` flag (an upgrade) must refuse sends between blocked pairs from the start.
+        reconciled = await container.inbox.reconcile_blocks()
+        if reconciled:
+            log.warning("conversations' blocked flags reconciled with the blocks", extra={"count": reconciled})
         yield
     finally:
         if container.outbox is not None:
@@ -435,6 +444,7 @@ async def loops_started(container: Container, *, pipeline: bool, housekeeping: b
     if housekeeping:
         spawn("housekeeping", lambda: housekeeping_forever(container))
         spawn("moderation-queue", container.moderation_queue.run_forever)
+        spawn("inbox-arrivals", container.arrivals.runner.run_forever)
         spawn("unread-reminders", container.reminders.run_forever)
         spawn("response-stats", container.response_stats.run_forever)
     if pipeline:
@@ -471,6 +481,8 @@ async def loops_started(container: Container, *, pipeline: bool, housekeeping: b
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         tasks.clear()
+        if housekeeping:
+            await container.arrivals.runner.stop()
         if relay is not None:
             await relay.stop()
 
@@ -499,6 +511,7 @@ async def ensure_schemas(container: Container) -> None:
         container.inbox_store,
         container.reminder_store,
         container.response_stats_store,
+        container.arrivals.runner,  # after the log: its checkpoint starts at the log's end
     ):
         await store.ensure_schema()
 
@@ -515,6 +528,11 @@ async def housekeeping_forever(container: Container) -> None:
             settled = await container.deliveries.settle_waiting()
             if settled:
                 log.warning("settled deliveries whose reaction had not run", extra={"count": settled})
+            # Block and unblock flag the pair's conversations as they go; this mends what a crash
+            # between their two writes (or the two sides racing) left disagreeing with the blocks.
+            reconciled = await container.inbox.reconcile_blocks()
+            if reconciled:
+                log.warning("conversations' blocked flags reconciled with the blocks", extra={"count": reconciled})
         except Exception:
             log.exception("housekeeping failed; will retry")
 

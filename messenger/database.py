@@ -18,11 +18,11 @@ from attachments.files.store import AttachmentStore
 from attachments.moderation.store import ModerationStore
 from chat.store import ConversationStore, MessageStore
 from config.settings import Settings
+from core.checkpoints import Checkpoints
 from core.events import EventLog
 from core.mongo import Outbox
 from core.sqlite import SqliteEngine
 from inbox.store import InboxStore, ReminderStore, ResponseStatsStore
-from workers.relay_store import RelayCheckpoints
 
 DATABASE_FILE = "messenger.db"
 
@@ -80,7 +80,7 @@ class Stores:
     attachments: AttachmentStore
     deliveries: DeliveryStore
     moderation: ModerationStore
-    relay_checkpoints: RelayCheckpoints
+    relay_checkpoints: Checkpoints
     inbox: InboxStore
     reminders: ReminderStore
     response_stats: ResponseStatsStore
@@ -109,9 +109,8 @@ def sqlite_stores(engine: SqliteEngine) -> Stores:
     from attachments.files.sqlite import SqliteAttachmentStore
     from attachments.moderation.sqlite import SqliteModerationStore
     from chat.sqlite import SqliteConversationStore, SqliteMessageStore
-    from core.sqlite import SqliteEventLog
+    from core.sqlite import SqliteCheckpoints, SqliteEventLog
     from inbox.sqlite import SqliteInboxStore, SqliteReminderStore, SqliteResponseStatsStore
-    from workers.sqlite import SqliteRelayCheckpoints
 
     durability = "power loss" if engine.synchronous == "FULL" else "a crash; SQLITE_SYNCHRONOUS=FULL: power loss"
     return Stores(
@@ -122,7 +121,7 @@ def sqlite_stores(engine: SqliteEngine) -> Stores:
         attachments=SqliteAttachmentStore(engine),
         deliveries=SqliteDeliveryStore(engine),
         moderation=SqliteModerationStore(engine),
-        relay_checkpoints=SqliteRelayCheckpoints(engine),
+        relay_checkpoints=SqliteCheckpoints(engine),
         inbox=SqliteInboxStore(engine),
         reminders=SqliteReminderStore(engine),
         response_stats=SqliteResponseStatsStore(engine),
@@ -135,9 +134,8 @@ def mongo_stores(client: Any, database: str, description: str, *, embedded: bool
     from attachments.files.mongo import MongoAttachmentStore
     from attachments.moderation.mongo import MongoModerationStore
     from chat.mongo import MongoConversationStore, MongoMessageStore
-    from core.mongo import MongoEventLog
+    from core.mongo import MongoCheckpoints, MongoEventLog
     from inbox.mongo import MongoInboxStore, MongoReminderStore, MongoResponseStatsStore
-    from workers.mongo import MongoRelayCheckpoints
 
     db = client[database]
     events = MongoEventLog(db)
@@ -150,7 +148,7 @@ def mongo_stores(client: Any, database: str, description: str, *, embedded: bool
         attachments=MongoAttachmentStore(db, outbox),
         deliveries=MongoDeliveryStore(db, outbox),
         moderation=MongoModerationStore(db, outbox),
-        relay_checkpoints=MongoRelayCheckpoints(db),
+        relay_checkpoints=MongoCheckpoints(db),
         inbox=MongoInboxStore(db, outbox),
         reminders=MongoReminderStore(db, outbox),
         response_stats=MongoResponseStatsStore(db),

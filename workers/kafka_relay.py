@@ -1,7 +1,7 @@
 """Relays the durable event log to Kafka topics, at least once, in order per key.
 
 Every write in the service appends its events to the event log (see `core.events`); this worker
-reads that log in position order, after a checkpoint it keeps in its store (workers/relay_store.py),
+reads that log in position order, after a checkpoint it keeps in its store (core/checkpoints.py),
 and publishes each event to the topic for its type (`topic_for`), keyed by the event's `key` so
 that one key always lands on one partition. Only once Kafka has acknowledged every event of a batch (acks=all) does the
 checkpoint move past it, so a crash between the two re-sends the batch rather than skipping it:
@@ -41,8 +41,8 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.helpers import create_ssl_context
 
 from config.settings import KafkaSettings
+from core.checkpoints import Checkpoints
 from core.events import Event, EventLog
-from workers.relay_store import RelayCheckpoints
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class KafkaRelay:
         self,
         settings: KafkaSettings,
         events: EventLog,
-        checkpoints: RelayCheckpoints,
+        checkpoints: Checkpoints,
         *,
         relay_name: str = "kafka",
         lease_seconds: float = DEFAULT_LEASE_SECONDS,

@@ -14,7 +14,7 @@ from chat.store import ClientIdTaken, SeqTaken
 from core.clock import epoch_ms
 from core.events import new_event
 from core.ids import new_id
-from messenger.database import Stores
+from messenger.database import MongoDatabase, Stores
 
 T0 = datetime(2026, 3, 4, 5, 6, 7, 123000, tzinfo=UTC)
 
@@ -156,18 +156,21 @@ async def test_insert_next_takes_the_next_seq_stores_the_events_and_records_it(s
 
         return at
 
-    first = await stores.messages.insert_next(c.id, Role.BUYER, build("k1"))
+    first = await stores.messages.insert_next(c, Role.BUYER, build("k1"))
     assert first is not None and first.seq == 1 and await stores.messages.get(first.id) == first
     # A seq another writer stored without recording it on the conversation is stepped over.
     await stores.messages.insert(message(c.id, 2, sender="bob", client_id="elsewhere"), [])
-    second = await stores.messages.insert_next(c.id, Role.SELLER, build("k2", sender="bob"))
+    # The caller's recent reading of the conversation (as the service passes it): last_seq 1.
+    fresh = await stores.conversations.get(c.id)
+    assert fresh is not None and fresh.last_seq == 1
+    second = await stores.messages.insert_next(fresh, Role.SELLER, build("k2", sender="bob"))
     assert second is not None and second.seq == 3 and built == [1, 2, 3]
     stored = await stores.conversations.get(c.id)
     assert stored is not None
     assert (stored.last_seq, stored.last_message_id, stored.last_activity_ms) == (3, second.id, second.created_ms)
     assert (stored.buyer_read_seq, stored.seller_read_seq) == (1, 3)
     # The same sender's client_id again: nothing stored, nothing logged, the conversation unchanged.
-    assert await stores.messages.insert_next(c.id, Role.BUYER, build("k1")) is None
+    assert await stores.messages.insert_next(c, Role.BUYER, build("k1")) is None
     assert await stores.conversations.get(c.id) == stored
     assert [e.data["seq"] for e in await stores.events.read()] == [1, 3]
 
@@ -254,3 +257,59 @@ async def test_search_holds_for_each_participant_only_what_they_may_see(stores: 
     assert held.id in await ids("bob", "attached")
     await stores.messages.save_change(replace(plain, text="", deleted=True, updated_seq=6), [])
     assert await ids("alice", "draft") == [] and await ids("bob", "draft") == []
+
+
+async def test_search_is_the_same_when_the_writer_hands_in_the_conversation(stores: Stores) -> None:
+    c = await conversation(stores)
+    masked = texted(c.id, 1, "call 415 555 0100 for the logo", masked_text="call [phone removed] for the logo")
+    await stores.messages.insert(masked, [], conversation=c)
+    assert [m.id for m in await stores.messages.search("bob", ["logo"], conversation_id=None, limit=5)] == [masked.id]
+    assert await stores.messages.search("bob", ["415"], conversation_id=None, limit=5) == []
+    edited = replace(masked, text="the logo, final", masked_text=None, updated_seq=2)
+    assert await stores.messages.save_change(edited, [], conversation=c) == edited
+    assert [m.id for m in await stores.messages.search("bob", ["final"], conversation_id=None, limit=5)] == [masked.id]
+    # A caller's record naming another sender writes for the stored sender all the same.
+    again = await stores.messages.save_change(
+        replace(edited, sender_id="bob", text="logo v3", updated_seq=3), [], conversation=c
+    )
+    assert again is not None and again.sender_id == "alice" and again.text == "logo v3"
+    assert [m.id for m in await stores.messages.search("alice", ["v3"], conversation_id=None, limit=5)] == [masked.id]
+
+
+async def test_the_blocked_flag_is_set_on_every_conversation_of_the_pair_and_at_creation(stores: Stores) -> None:
+    plain = await conversation(stores)
+    about_order = await conversation(stores, "o1")
+    reversed_roles, _ = await stores.conversations.get_or_create("bob", "alice", None, now=T0)
+    others, _ = await stores.conversations.get_or_create("alice", "carol", None, now=T0)
+    assert not plain.blocked
+    assert await stores.conversations.set_blocked("bob", "alice", True) == 3
+    assert await stores.conversations.set_blocked("alice", "bob", True) == 0  # already
+    for c in (plain, about_order, reversed_roles):
+        found = await stores.conversations.get(c.id)
+        assert found is not None and found.blocked
+    assert await stores.conversations.get(others.id) == others
+    assert await stores.conversations.blocked_pairs() == {("alice", "bob"), ("bob", "alice")}
+    assert [c.blocked for c in await stores.conversations.list_for("alice", limit=10, before=None)].count(True) == 3
+    assert await stores.conversations.set_blocked("alice", "bob", False) == 3
+    assert await stores.conversations.blocked_pairs() == set()
+    started, created = await stores.conversations.get_or_create("carol", "dave", None, now=T0, blocked=True)
+    assert created and started.blocked and await stores.conversations.get(started.id) == started
+    again, created = await stores.conversations.get_or_create("carol", "dave", None, now=T0, blocked=False)
+    assert not created and again.blocked  # an existing conversation is answered as stored
+
+
+async def test_messages_stored_before_search_keys_get_theirs_at_start(stores: Stores) -> None:
+    if not isinstance(stores.database, MongoDatabase):
+        pytest.skip("search keys live in MongoDB's message documents; SQLite backfills its FTS5 table")
+    c = await conversation(stores)
+    masked = texted(c.id, 1, "call 415 555 0100 for the logo", masked_text="call [phone removed] for the logo")
+    await stores.messages.insert(masked, [], conversation=c)
+    # As an earlier version stored it: no search keys, no recipient in the document.
+    await stores.database.db["messages"].update_one(
+        {"_id": masked.id}, {"$unset": {"search_keys": "", "recipient_id": ""}}
+    )
+    assert await stores.messages.search("bob", ["logo"], conversation_id=None, limit=5) == []
+    await stores.messages.ensure_schema()
+    assert [m.id for m in await stores.messages.search("bob", ["logo"], conversation_id=None, limit=5)] == [masked.id]
+    assert await stores.messages.search("bob", ["415"], conversation_id=None, limit=5) == []
+    assert [m.id for m in await stores.messages.search("alice", ["415"], conversation_id=None, limit=5)] == [masked.id]

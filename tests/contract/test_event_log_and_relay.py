@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from core.events import new_event
-from messenger.database import Stores
+from core.mongo import MongoEventLog
+from messenger.database import MongoDatabase, Stores
 
 
 async def test_appending_is_idempotent_on_the_event_id_and_positions_are_dense(stores: Stores) -> None:
@@ -58,3 +59,25 @@ async def test_the_relay_lease_is_claimed_renewed_fenced_and_released(stores: St
     assert await relay.claim("kafka", "a", now=120.0, lease_seconds=10) == 7
     await relay.ensure("kafka")  # resumed from, not reset
     assert await relay.position("kafka") == 7
+
+
+async def test_a_batch_is_appended_past_an_event_already_logged_and_a_position_taken_elsewhere(stores: Stores) -> None:
+    a, b, c, d = (new_event("t", "k", {"n": n}) for n in range(4))
+    await stores.events.append([b])
+    await stores.events.append([a, b, c])  # b is in the log: it is skipped and takes no position
+    if isinstance(stores.database, MongoDatabase):
+        # Another process appends meanwhile: this log's next position is taken when it writes d.
+        await MongoEventLog(stores.database.db).append([new_event("elsewhere", "k", {})])
+    await stores.events.append([d])
+    logged = await stores.events.read(limit=100)
+    assert [e.position for e in logged] == list(range(1, len(logged) + 1))
+    assert [e.id for e in logged if e.type == "t"] == [b.id, a.id, c.id, d.id]
+    assert await stores.events.last_position() == len(logged)
+
+
+async def test_a_checkpoint_can_start_at_the_end_of_the_log(stores: Stores) -> None:
+    await stores.events.append([new_event("t", "k", {}) for _ in range(3)])
+    await stores.relay_checkpoints.ensure("projection", position=await stores.events.last_position())
+    assert await stores.relay_checkpoints.position("projection") == 3
+    await stores.relay_checkpoints.ensure("projection", position=0)  # resumed from, not reset
+    assert await stores.relay_checkpoints.position("projection") == 3

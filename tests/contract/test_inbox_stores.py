@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from core.events import new_event
-from inbox.model import Block, FirstAnswer, InboxState, Reminder
+from inbox.model import Block, FirstAnswer, InboxState, MessageNote, Reminder
 from messenger.database import Stores
 
 T0 = datetime(2026, 3, 4, 5, 6, 7, 123000, tzinfo=UTC)
@@ -122,3 +122,35 @@ async def test_note_message_unarchives_ends_the_senders_streak_and_starts_the_re
     assert await stores.reminders.get("bob", "c1") == Reminder(
         "bob", "c1", at + timedelta(minutes=15), at, first_unread_seq=2, last_seq=2
     )
+
+
+async def test_notes_of_a_batch_are_as_if_noted_one_by_one_in_order(stores: Stores) -> None:
+    at = [T0 + timedelta(minutes=n) for n in range(6)]
+    due = [a + timedelta(minutes=15) for a in at]
+    await stores.inbox.save_state(InboxState("bob", "c1", archived=True))
+    await stores.inbox.save_state(InboxState("alice", "c2", archived=True))
+    notes = [
+        MessageNote("c1", "alice", "bob", 1, at[0], due[0]),  # bob's streak starts
+        MessageNote("c1", "alice", "bob", 2, at[1], due[1]),  # ... and goes on
+        MessageNote("c1", "bob", "alice", 3, at[2], due[2]),  # bob answers: his ends, alice's starts
+        MessageNote("c1", "alice", "bob", 4, at[3], due[3]),  # alice answers: bob's starts again at 4
+        MessageNote("c2", "carol", "dave", 1, at[4], due[4]),
+    ]
+    await stores.reminders.note_messages(notes)
+    assert await stores.reminders.get("bob", "c1") == Reminder("bob", "c1", due[3], at[3], 4, 4)
+    assert await stores.reminders.get("alice", "c1") is None
+    assert await stores.reminders.get("dave", "c2") == Reminder("dave", "c2", due[4], at[4], 1, 1)
+    assert await stores.inbox.states("bob", ["c1"]) == {"c1": InboxState("bob", "c1")}
+    assert await stores.inbox.states("alice", ["c2"]) == {"c2": InboxState("alice", "c2", archived=True)}
+    # At least once: the same batch again changes nothing.
+    await stores.reminders.note_messages(notes)
+    assert await stores.reminders.get("bob", "c1") == Reminder("bob", "c1", due[3], at[3], 4, 4)
+    assert await stores.reminders.get("alice", "c1") is None
+    await stores.reminders.note_messages([])
+
+
+async def test_every_block_is_listed_for_the_reconciliation(stores: Stores) -> None:
+    assert await stores.inbox.block_pairs() == []
+    await stores.inbox.block("alice", "bob", now=T0, events=[])
+    await stores.inbox.block("carol", "alice", now=T0, events=[])
+    assert sorted(await stores.inbox.block_pairs()) == [("alice", "bob"), ("carol", "alice")]

@@ -24,12 +24,11 @@ from mongomock_motor import AsyncMongoMockClient
 import workers.kafka_relay as kafka_relay
 from config.settings import KafkaSettings
 from core.events import new_event
-from core.mongo import MongoEventLog
+from core.mongo import MongoCheckpoints, MongoEventLog
 from tests.conftest import Wired, logged
 from tests.integration import kafka_broker
 from tests.integration.kafka_broker import TansuBroker, read_topics
 from workers.kafka_relay import KafkaRelay, topic_for
-from workers.mongo import MongoRelayCheckpoints
 
 # The module-scoped broker fixtures (one tansu for the whole module).
 tansu = kafka_broker.tansu
@@ -147,7 +146,7 @@ async def test_producer_is_idempotent_with_acks_all_by_default(monkeypatch: pyte
     events = MongoEventLog(db)
     event = new_event("message.sent", "conv-1", {"text": "hi"})
     await events.append([event])
-    relay = KafkaRelay(KafkaSettings(bootstrap_servers="127.0.0.1:9"), events, MongoRelayCheckpoints(db))
+    relay = KafkaRelay(KafkaSettings(bootstrap_servers="127.0.0.1:9"), events, MongoCheckpoints(db))
     await relay.start()
     assert await relay.relay_once() == 1
     await relay.stop()
@@ -166,7 +165,7 @@ def test_idempotence_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("KAFKA_IDEMPOTENCE", "false")
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka:9092")
     db: Any = AsyncMongoMockClient()["relay_unit"]
-    relay = KafkaRelay(KafkaSettings(), MongoEventLog(db), MongoRelayCheckpoints(db))
+    relay = KafkaRelay(KafkaSettings(), MongoEventLog(db), MongoCheckpoints(db))
     assert relay._producer_options()["enable_idempotence"] is False
     assert relay._producer_options()["security_protocol"] == "PLAINTEXT"
 
@@ -180,7 +179,7 @@ def test_tls_and_sasl_reach_the_producer() -> None:
         sasl_username="relay",
         sasl_password="secret",
     )
-    options = KafkaRelay(settings, MongoEventLog(db), MongoRelayCheckpoints(db))._producer_options()
+    options = KafkaRelay(settings, MongoEventLog(db), MongoCheckpoints(db))._producer_options()
     assert options["security_protocol"] == "SASL_SSL" and options["ssl_context"] is not None
     assert (options["sasl_mechanism"], options["sasl_plain_username"], options["sasl_plain_password"]) == (
         "SCRAM-SHA-512",

@@ -153,7 +153,28 @@ def _ensure_uniques(self: Any, new_data: Any) -> None:
             table.ids[key].discard(other)  # changed or deleted since: forget it
 
 
+def _bulk_write(self: Any, requests: Iterable[Any], ordered: bool = True, **_: Any) -> Any:
+    """mongomock's bulk_write predates this PyMongo's operation objects: run them one by one, in
+    order, as the wire server does (each is atomic on its document, as in a real bulk write)."""
+    for op in requests:
+        kind = type(op).__name__
+        if kind == "InsertOne":
+            self.insert_one(op._doc)
+        elif kind == "UpdateOne":
+            self.update_one(op._filter, op._doc, upsert=op._upsert)
+        elif kind == "UpdateMany":
+            self.update_many(op._filter, op._doc, upsert=op._upsert)
+        elif kind == "DeleteOne":
+            self.delete_one(op._filter)
+        elif kind == "DeleteMany":
+            self.delete_many(op._filter)
+        else:
+            raise NotImplementedError(f"bulk_write of {kind} in the embedded engine")
+    return None
+
+
 def install() -> None:
-    """Patch mongomock's two hot paths; idempotent. Only the embedded engine uses mongomock."""
+    """Patch mongomock's two hot paths, and its bulk_write; idempotent. Only the embedded engine uses mongomock."""
     _Collection._iter_documents = _iter_documents
     _Collection._ensure_uniques = _ensure_uniques
+    _Collection.bulk_write = _bulk_write

@@ -13,7 +13,9 @@ import pytest
 
 from core.errors import Forbidden, InvalidInput, NotFound
 from inbox.commands import ChangeConversation
-from tests.conftest import Wired, alice, bob, logged, make_settings, mallory, wire
+from tests.conftest import Wired, alice, bob, logged, make_settings, mallory, person, wire
+
+carol = person("carol")
 
 
 @pytest.fixture(params=["sqlite", "mongomock"])
@@ -137,6 +139,37 @@ async def test_a_block_refuses_sends_both_ways_until_it_is_lifted(w: Wired) -> N
 async def search(w: Wired, who: Any, q: str, conversation_id: str | None = None) -> list[str]:
     results, _ = await w.chat.search(who, q, conversation_id=conversation_id, limit=50, cursor=None)
     return [r["message"]["text"] for r in results]
+
+
+async def test_a_conversation_opened_between_a_blocked_pair_is_refused_from_the_start(w: Wired) -> None:
+    inbox = w.container.inbox
+    await chat_with(w, alice, "bob")
+    await inbox.block(bob, "alice")
+    about_order = await chat_with(w, alice, "bob", "order-9")  # new, after the block
+    with pytest.raises(Forbidden) as refused:
+        await send(w, alice, about_order, "a new conversation does not get round a block")
+    assert refused.value.code == "blocked"
+    await inbox.block(alice, "bob")
+    await inbox.unblock(bob, "alice")  # alice still blocks bob: still blocked
+    with pytest.raises(Forbidden):
+        await send(w, bob, about_order, "still blocked")
+    await inbox.unblock(alice, "bob")
+    await send(w, bob, about_order, "free again")
+
+
+async def test_housekeeping_reconciles_the_flags_with_the_blocks(w: Wired) -> None:
+    inbox, conversations = w.container.inbox, w.container.conversations
+    first = await chat_with(w, alice, "bob")
+    other = await chat_with(w, alice, "carol")
+    await inbox.block(alice, "bob")
+    # What a crash between the two writes leaves: a block without its flag, a flag without its block.
+    await conversations.set_blocked("alice", "bob", False)
+    await conversations.set_blocked("alice", "carol", True)
+    assert await inbox.reconcile_blocks() == 2
+    with pytest.raises(Forbidden):
+        await send(w, bob, first, "blocked again")
+    await send(w, carol, other, "free again")
+    assert await inbox.reconcile_blocks() == 0
 
 
 async def test_search_finds_what_the_caller_may_see_best_match_first(w: Wired) -> None:

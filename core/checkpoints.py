@@ -1,13 +1,18 @@
-"""Where a relay keeps its checkpoint (the last log position published) and the lease that makes it the only one."""
+"""Leased checkpoints: how far a reader of the event log got, and the lease that makes it the only one.
+
+Used by the Kafka relay (workers/kafka_relay.py) and by the projections (core/projection.py). A
+claim or renewal is one atomic write; advancing is conditional on still holding the lease, so a
+reader that stalled past its lease can never move the checkpoint of the one that took over.
+"""
 
 from __future__ import annotations
 
 from typing import Protocol
 
 
-class RelayCheckpoints(Protocol):
-    async def ensure(self, name: str) -> None:
-        """Create the relay's checkpoint at position 0 unless it exists (then it is resumed from)."""
+class Checkpoints(Protocol):
+    async def ensure(self, name: str, *, position: int = 0) -> None:
+        """Create the checkpoint at `position` unless it exists (then it is resumed from)."""
 
     async def claim(self, name: str, owner: str, *, now: float, lease_seconds: float) -> int | None:
         """Claim or renew the lease; the checkpoint position if `owner` holds it now, else None."""
