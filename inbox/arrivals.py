@@ -25,11 +25,19 @@ EVENT_TYPES = ["message.sent"]
 
 class Arrivals:
     def __init__(
-        self, settings: InboxSettings, store: ReminderStore, events: EventLog, checkpoints: Checkpoints
+        self,
+        settings: InboxSettings,
+        store: ReminderStore,
+        events: EventLog,
+        checkpoints: Checkpoints,
+        *,
+        owner_id: str | None = None,
     ) -> None:
         self._store = store
         self._delay = timedelta(seconds=settings.unread_reminder_delay_seconds)
-        self.runner = ProjectionRunner(PROJECTION, events, checkpoints, self.apply, types=EVENT_TYPES)
+        self.runner = ProjectionRunner(
+            PROJECTION, events, checkpoints, self.apply, types=EVENT_TYPES, owner_id=owner_id
+        )
 
     def message_stored(self) -> None:
         self.runner.wake()

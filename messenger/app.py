@@ -261,7 +261,9 @@ def build_container(
     attachments = AttachmentService(settings.attachments, attachment_store, storage, chat, reactions, notifier, clock)
     chat.use_attachments(attachments)
     inbox_store: InboxStore = stores.inbox
-    arrivals = Arrivals(settings.inbox, stores.reminders, events, stores.relay_checkpoints)
+    arrivals = Arrivals(
+        settings.inbox, stores.reminders, events, stores.relay_checkpoints, owner_id=single_node_lease_owner(settings)
+    )
     reminders = UnreadReminders(settings.inbox, stores.reminders, chat, clock, arrivals)
     response_stats = ResponseStats(settings.inbox, stores.response_stats, events, chat, clock)
     inbox = InboxService(inbox_store, chat, clock, reminders, arrivals)
@@ -464,7 +466,7 @@ async def loops_started(container: Container, *, pipeline: bool, housekeeping: b
             container.settings.kafka,
             container.events,
             container.relay_checkpoints,
-            owner_id=single_node_relay_owner(container.settings),
+            owner_id=single_node_lease_owner(container.settings),
         )
         spawn("kafka-relay", relay.run_forever)
     try:
@@ -487,13 +489,14 @@ async def loops_started(container: Container, *, pipeline: bool, housekeeping: b
             await relay.stop()
 
 
-def single_node_relay_owner(settings: Settings) -> str | None:
-    """On SQLite, the relay's lease holder is named by the data dir rather than the process.
+def single_node_lease_owner(settings: Settings) -> str | None:
+    """On SQLite, the holder of a lease (the Kafka relay's, the inbox projection's) is named by the data dir.
 
     Only the process holding the data dir's lock opens its database, so a lease held in it belongs
-    to this process or to a dead one: a service restarted after kill -9 takes its lease back at once
-    instead of idling until it runs out (30 s). On MongoDB several relays share one database, so
-    each process keeps an owner of its own (None: the relay makes one).
+    to this process or to a dead one: a service restarted after kill -9 takes its leases back at
+    once instead of idling until they run out (the relay's 30 s; the projection's 15 s, during which
+    inbox reads would wait for it). On MongoDB several nodes share one database, so each process
+    keeps an owner of its own (None: the relay or projection makes one).
     """
     if settings.mongo.uri:
         return None
