@@ -53,9 +53,9 @@ from harness import BenchError, Children, free_port, log, tail
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
-TARGETS = ("messenger", "pyrelay", "relay")
+TARGETS = ("messenger", "pyrelay", "pystore", "relay")
 PHASES = ("saturation", "rate", "overload", "idle")
-LABELS = {"messenger": "messenger", "pyrelay": "py relay", "relay": "node relay"}
+LABELS = {"messenger": "messenger", "pyrelay": "py relay", "pystore": "py+store", "relay": "node relay"}
 TICKS = os.sysconf("SC_CLK_TCK")
 
 # The goals this benchmark tracks (see bench/README.md).
@@ -158,9 +158,12 @@ class Bench:
                     "MESSENGER_DATA_DIR": str(self.data_dir / f"{phase}-{port}"),
                 }
                 cmd = [sys.executable, "-m", "messenger", "serve", "--host", "127.0.0.1", "--port", str(port)]
-            elif name == "pyrelay":
+            elif name in ("pyrelay", "pystore"):
                 env = {**os.environ, "PYTHONPATH": str(ROOT)}
                 cmd = [sys.executable, str(BENCH / "pyrelay.py"), "--host", "127.0.0.1", "--port", str(port)]
+                if name == "pystore":  # the same relay, storing each message before its ack
+                    store = self.data_dir / f"pystore-{phase}-{port}" / "messages.sqlite3"
+                    cmd += ["--store", str(store)]
             else:
                 env = dict(os.environ)
                 cmd = [self.node, str(BENCH / "relay.mjs"), "--host", "127.0.0.1", "--port", str(port)]
@@ -573,7 +576,7 @@ def ratio(a: Any, b: Any) -> str:
 
 
 def report(bench: Bench) -> str:
-    m, py, r = (bench.runs.get(name, {}) for name in TARGETS)
+    m, py, ps, r = (bench.runs.get(name, {}) for name in TARGETS)
 
     def get(run: dict[str, Any], *path: str) -> Any:
         value: Any = run
@@ -612,15 +615,17 @@ def report(bench: Bench) -> str:
         f"{args.warmup:g}+{args.rate_seconds:g} s fixed rate, {args.idle:,} idle; clients offer permessage-deflate: "
         f"{args.client_deflate}; {'server on CPU 0, generator on CPU 1' if bench.pin else 'unpinned'}; "
         f"python servers on {bench.runtime}",
-        f"{'':38} {'messenger':>11} {'py relay':>11} {'node relay':>11} {'m/py':>7} {'m/node':>7}",
+        f"{'':38} {'messenger':>11} {'py relay':>11} {'py+store':>11} {'node relay':>11} {'m/py':>7}"
+        f" {'m/py+st':>7} {'m/node':>7}",
     ]
     for label, path, spec, with_ratio in rows:
-        a, b, c = get(m, *path), get(py, *path), get(r, *path)
+        a, b, d, c = get(m, *path), get(py, *path), get(ps, *path), get(r, *path)
         if "rss" in path[-1]:
-            a, b, c = kb_to_mb(a), kb_to_mb(b), kb_to_mb(c)
+            a, b, d, c = kb_to_mb(a), kb_to_mb(b), kb_to_mb(d), kb_to_mb(c)
         lines.append(
-            f"{label:38} {fmt(a, spec):>11} {fmt(b, spec):>11} {fmt(c, spec):>11}"
-            f" {ratio(a, b) if with_ratio else '':>7} {ratio(a, c) if with_ratio else '':>7}"
+            f"{label:38} {fmt(a, spec):>11} {fmt(b, spec):>11} {fmt(d, spec):>11} {fmt(c, spec):>11}"
+            f" {ratio(a, b) if with_ratio else '':>7} {ratio(a, d) if with_ratio else '':>7}"
+            f" {ratio(a, c) if with_ratio else '':>7}"
         )
 
     lines.append("")
@@ -632,6 +637,14 @@ def report(bench: Bench) -> str:
         lines.append(
             f"  deliveries per CPU-second >= {GOAL_RATIO_PER_CORE:.1f}x the python relay: {value:.2f}x "
             f"({'met' if value >= GOAL_RATIO_PER_CORE else 'not met'})"
+        )
+    store_per_core = get(ps, "saturation", "deliveries_per_cpu_second")
+    if store_per_core and py_per_core:
+        lines.append(
+            f"  ceiling: the same relay storing each message before its ack reaches {store_per_core / py_per_core:.2f}x"
+            f" the bare relay; the messenger reaches {per_core / store_per_core:.2f}x of that"
+            if per_core
+            else f"  ceiling: the relay storing each message reaches {store_per_core / py_per_core:.2f}x the bare relay"
         )
     p99 = get(m, "rate", "latency", "p99_ms")
     if p99 is not None:

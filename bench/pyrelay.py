@@ -13,6 +13,7 @@ is "what our own code costs on top of the stack it is built on".
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import json
 import sys
@@ -28,6 +29,25 @@ from aiohttp import web
 
 from core.runtime import install_event_loop, json_codec
 from core.sockets import without_websocket_compression
+from core.sqlite import SqliteEngine
+
+# --store: the least a durable chat must do per message, on the messenger's own SQLite engine (one
+# thread, group commit, WAL, synchronous=NORMAL): insert the message under its two unique keys
+# before it is fanned out and acknowledged. Its ratio to the bare relay is the ceiling any service
+# that stores every message before its ack can reach on this stack.
+STORE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY,
+    conversation_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    sender_id TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    text TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    UNIQUE (conversation_id, seq),
+    UNIQUE (sender_id, client_id)
+)
+"""
 
 
 def user_from_token(token: Any) -> str | None:
@@ -42,7 +62,10 @@ def user_from_token(token: Any) -> str | None:
     return sub if isinstance(sub, str) and sub else None
 
 
-def build() -> web.Application:
+INSERT = "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)"
+
+
+def build(store: Any = None) -> web.Application:
     codec = json_codec()
     sio = socketio.AsyncServer(async_mode="aiohttp", json=codec, max_http_buffer_size=256 * 1024)
     conversations: dict[str, dict[str, Any]] = {}
@@ -110,6 +133,10 @@ def build() -> web.Application:
             "deleted": False,
             "updated_seq": seq,
         }
+        if store is not None:
+            client_id = str(message["client_id"])
+            row = (message["id"], message["conversation_id"], seq, user, client_id, message["text"], now)
+            await store(row)
         # Fanned out before the ack, as the messenger does (it pushes under the conversation's lock).
         rooms = [f"user:{conversation['buyer_id']}", f"user:{conversation['seller_id']}"]
         await sio.emit("message:new", {"message": message}, room=rooms)
@@ -127,10 +154,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9001)
+    parser.add_argument("--store", default=None, help="a SQLite file: store each message before its ack")
+    parser.add_argument(
+        "--store-on", choices=("loop", "thread"), default="loop", help="where the engine writes (default: loop)"
+    )
     args = parser.parse_args()
     loop = install_event_loop()
+    store = None
+    if args.store:
+        engine = SqliteEngine(args.store, on_loop=args.store_on == "loop")
+        asyncio.new_event_loop().run_until_complete(engine.run(lambda db: db.execute(STORE_SCHEMA)))
+
+        async def store(row: tuple[Any, ...]) -> None:
+            await engine.run(lambda db: db.execute(INSERT, row))
+
     print(json.dumps({"event": "listening", "port": args.port, "loop": loop, "json": json_codec().name}), flush=True)
-    web.run_app(build(), host=args.host, port=args.port, print=None, access_log=None)
+    web.run_app(build(store), host=args.host, port=args.port, print=None, access_log=None)
 
 
 if __name__ == "__main__":

@@ -209,7 +209,8 @@ def _record_message(
     )
 
 
-def _insert_message(c: Connection, message: Message) -> None:
+def _insert_message(c: Connection, message: Message) -> int:
+    """Store the row; returns its rowid (the search index is written by the store, once per transaction)."""
     inserted = c.execute(
         "INSERT INTO messages (id, conversation_id, seq, sender_id, client_id, updated_seq, deleted, body)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -224,30 +225,48 @@ def _insert_message(c: Connection, message: Message) -> None:
             MESSAGE.dumps(message),
         ),
     )
-    _index_message(c, message, inserted.lastrowid)
+    return int(inserted.lastrowid or 0)
 
 
-def _index_message(c: Connection, message: Message, rowid: int | None = None) -> None:
-    """Write what each participant may find of the message (nothing when deleted or held from them)."""
+def _index_message(
+    c: Connection,
+    message: Message,
+    rowid: int | None = None,
+    *,
+    pair: tuple[str, str] | None = None,
+    fresh: bool = False,
+) -> None:
+    """Write what each participant may find of the message (nothing when deleted or held from them).
+
+    Rows 2*m and 2*m+1 belong to message rowid m: one row with both viewers' keys when they see
+    the same text (the common case, half the index writes), else one per viewer.
+    """
     if rowid is None:
         found = c.execute("SELECT rowid FROM messages WHERE id = ?", (message.id,)).fetchone()
         if found is None:
             return
         rowid = int(found[0])
-    c.execute("DELETE FROM message_search WHERE rowid IN (?, ?)", (rowid * 2, rowid * 2 + 1))
-    pair = c.execute(
-        "SELECT buyer_id, seller_id FROM conversations WHERE id = ?", (message.conversation_id,)
-    ).fetchone()
+    if not fresh:  # a message just stored has nothing indexed yet
+        c.execute("DELETE FROM message_search WHERE rowid IN (?, ?)", (rowid * 2, rowid * 2 + 1))
     if pair is None:
-        return
+        found_pair = c.execute(
+            "SELECT buyer_id, seller_id FROM conversations WHERE id = ?", (message.conversation_id,)
+        ).fetchone()
+        if found_pair is None:
+            return
+        pair = (found_pair[0], found_pair[1])
     recipient = pair[1] if message.sender_id == pair[0] else pair[0]
-    for slot, viewer in ((0, message.sender_id), (1, recipient)):
-        text = visible_text(message, viewer)
-        if text:
-            c.execute(
-                "INSERT INTO message_search (rowid, keys, body) VALUES (?, ?, ?)",
-                (rowid * 2 + slot, f"{viewer_key(viewer)} {conversation_key(message.conversation_id)}", text),
-            )
+    where = conversation_key(message.conversation_id)
+    sender_text, recipient_text = visible_text(message, message.sender_id), visible_text(message, recipient)
+    if sender_text and sender_text == recipient_text:
+        rows = [(rowid * 2, f"{viewer_key(message.sender_id)} {viewer_key(recipient)} {where}", sender_text)]
+    else:
+        rows = [
+            (rowid * 2 + slot, f"{viewer_key(viewer)} {where}", text)
+            for slot, viewer, text in ((0, message.sender_id, sender_text), (1, recipient, recipient_text))
+            if text
+        ]
+    c.executemany("INSERT INTO message_search (rowid, keys, body) VALUES (?, ?, ?)", rows)
 
 
 def _backfill_search(c: Connection) -> None:
@@ -259,9 +278,9 @@ def _backfill_search(c: Connection) -> None:
     c.execute("INSERT INTO message_search_state VALUES (1)")
 
 
-def _insert_with_events(c: Connection, message: Message, events: Sequence[Event]) -> None:
+def _insert_with_events(c: Connection, message: Message, events: Sequence[Event]) -> int:
     try:
-        _insert_message(c, message)
+        rowid = _insert_message(c, message)
     except sqlite3.IntegrityError:
         # Decided by looking, not by parsing the error: a retry is a retry even if its seq clashes too.
         taken = c.execute(
@@ -272,11 +291,23 @@ def _insert_with_events(c: Connection, message: Message, events: Sequence[Event]
             raise ClientIdTaken(message.client_id) from None
         raise SeqTaken(message.seq) from None
     append_events(c, events)
+    return rowid
 
 
 class SqliteMessageStore:
     def __init__(self, engine: SqliteEngine) -> None:
         self._engine = engine
+        # Messages stored in the transaction under way, indexed for search just before it commits.
+        self._unindexed: list[tuple[int, Message, tuple[str, str] | None]] = []
+        engine.before_commit(self._index_stored)
+
+    def _index_stored(self, c: Connection) -> None:
+        pending, self._unindexed = self._unindexed, []
+        for rowid, message, pair in pending:
+            # A call rolled back to its savepoint left its entry here; its rowid may since hold another message.
+            found = c.execute("SELECT id FROM messages WHERE rowid = ?", (rowid,)).fetchone()
+            if found is not None and found[0] == message.id:
+                _index_message(c, message, rowid, pair=pair, fresh=True)
 
     async def ensure_schema(self) -> None:
         await self._engine.migrate("chat", SCHEMA)
@@ -319,7 +350,7 @@ class SqliteMessageStore:
     ) -> None:
         # The participants are read in the transaction (no round trip): `conversation` is not needed.
         def insert(c: Connection) -> None:
-            _insert_with_events(c, message, events)
+            self._unindexed.append((_insert_with_events(c, message, events), message, None))
 
         await self._engine.run(insert)
 
@@ -328,12 +359,15 @@ class SqliteMessageStore:
         conversation_id = conversation.id
 
         def insert_next(c: Connection) -> Message | None:
-            row = c.execute("SELECT last_seq FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+            row = c.execute(
+                "SELECT last_seq, buyer_id, seller_id FROM conversations WHERE id = ?", (conversation_id,)
+            ).fetchone()
             seq = (int(row[0]) if row else 0) + 1
+            pair = (row[1], row[2]) if row else None
             while True:
                 message, events = build(seq)
                 try:
-                    _insert_with_events(c, message, events)
+                    rowid = _insert_with_events(c, message, events)
                 except ClientIdTaken:
                     return None
                 except SeqTaken:  # a failed statement leaves the transaction open: carry on past it
@@ -342,6 +376,7 @@ class SqliteMessageStore:
                     ).fetchone()
                     seq = max(seq, int(highest[0] or 0)) + 1
                     continue
+                self._unindexed.append((rowid, message, pair))
                 _record_message(c, conversation_id, sender_role, message.seq, message.id, message.created_ms)
                 return message
 
