@@ -357,13 +357,11 @@ class SqliteMessageStore:
     async def insert_next(self, conversation: Conversation, sender_role: Role, build: BuildMessage) -> Message | None:
         # The caller's reading is not needed: reading the seq here is part of the same transaction.
         conversation_id = conversation.id
+        pair = (conversation.buyer_id, conversation.seller_id)
 
         def insert_next(c: Connection) -> Message | None:
-            row = c.execute(
-                "SELECT last_seq, buyer_id, seller_id FROM conversations WHERE id = ?", (conversation_id,)
-            ).fetchone()
+            row = c.execute("SELECT last_seq FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
             seq = (int(row[0]) if row else 0) + 1
-            pair = (row[1], row[2]) if row else None
             while True:
                 message, events = build(seq)
                 try:

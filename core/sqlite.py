@@ -1,17 +1,17 @@
-"""The embedded database engine (SQLite: one dedicated thread, every store call atomic) and its event log.
+"""The embedded database engine (SQLite: one write connection, every store call atomic) and its event log.
 
-A store method hands the engine one function; the engine runs it on its own thread inside
-`BEGIN IMMEDIATE ... COMMIT` (Synapse's `runInteraction`), so every store call is atomic and the
-event loop pays one thread hop per call, not one per statement (measured in FIELD_NOTES: a hop per
-statement, as aiosqlite does, was slower than mongomock). SQLite has one writer, so the event
-log's INTEGER PRIMARY KEY positions are dense and in commit order, and a write's events are
-appended in the write's own transaction: no outbox is needed here.
+A store method hands the engine one function; the engine runs it inside `BEGIN IMMEDIATE ...
+COMMIT` (Synapse's `runInteraction`), so every store call is atomic. Where it runs depends on the
+durability setting (see SqliteEngine): on the event loop itself with synchronous=NORMAL, where a
+commit waits for no disk; on the engine's own thread with FULL, where every commit waits for
+one. SQLite has one writer, so the event log's INTEGER PRIMARY KEY positions are dense and in
+commit order, and a write's events are appended in the write's own transaction: no outbox is
+needed here.
 
-Group commit: the calls that queue up while the thread is busy run next as one transaction, each
-in a savepoint of its own (so each is still all-or-nothing, and one that fails is rolled back
-alone), and every caller is answered only after that COMMIT. Under load this pays one commit (the
-WAL write of the pages the calls share) and one wake-up of the event loop per batch instead of
-per call: it was most of a send's database CPU (bench/chat). An idle engine runs a call at once.
+Group commit: the calls that queue up (during one turn of the loop, or while the thread is busy)
+run as one transaction, each in a savepoint of its own (so each is still all-or-nothing, and one
+that fails is rolled back alone), and every caller is answered only after that COMMIT. Under load
+this pays one commit (the WAL write of the pages the calls share) per batch instead of per call.
 """
 
 from __future__ import annotations
@@ -112,6 +112,8 @@ class SqliteEngine:
         self._closed = False
         # Store calls run so far: a store call's database round trips (the benchmark reads it).
         self.transactions = 0
+        # Write transactions committed: fewer than the write calls when group commit shares them.
+        self.commits = 0
         # Calls waiting for the writer, and whether a drain of them is scheduled.
         self._queue: collections.deque[_Call] = collections.deque()
         self._queue_lock = threading.Lock()
@@ -269,6 +271,7 @@ class SqliteEngine:
             for hook in self._before_commit:
                 hook(connection)
             connection.execute("COMMIT")
+            self.commits += 1
         except BaseException as exc:  # the transaction itself failed: nothing of the batch is stored
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
@@ -287,6 +290,7 @@ class SqliteEngine:
             connection.execute("ROLLBACK")
             raise
         connection.execute("COMMIT")
+        self.commits += write
         return result
 
     def _connect(self) -> Connection:
