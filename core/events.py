@@ -9,13 +9,13 @@ never becomes twice in the log.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
 from core.clock import iso, utc_now
+from core.ids import new_id
 
 EVENT_VERSION = 1
 
@@ -50,7 +50,7 @@ class Event:
 
 
 def new_event(event_type: str, key: str, data: Mapping[str, Any], *, occurred_at: datetime | None = None) -> Event:
-    return Event(id=uuid.uuid4().hex, type=event_type, key=key, data=dict(data), occurred_at=occurred_at or utc_now())
+    return Event(id=new_id(), type=event_type, key=key, data=dict(data), occurred_at=occurred_at or utc_now())
 
 
 class EventLog(Protocol):

@@ -7,7 +7,6 @@ a logged 500 `internal_error` carrying a request id, never a stack trace.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,6 +16,7 @@ from aiohttp.typedefs import Middleware
 from core.commands import loads_client_json
 from core.errors import Code, InvalidInput, MessengerError, PayloadTooLarge, Unauthenticated
 from core.identity import Identity, TokenVerifier
+from core.ids import new_id
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,9 @@ def error_response(error: MessengerError, request_id: str | None = None) -> web.
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    request_id = request.headers.get("X-Request-Id") or new_id()
     if len(request_id) > 64 or not request_id.isascii():
-        request_id = uuid.uuid4().hex
+        request_id = new_id()
     request[REQUEST_ID] = request_id
     try:
         response = await handler(request)
