@@ -2,7 +2,8 @@
 
 Two clients: one for the service's own calls (`S3_ENDPOINT_URL`) and one that only presigns the
 URLs browsers use (`S3_PUBLIC_ENDPOINT_URL`, or the accelerate endpoint), because a presigned URL
-signs the host it names.
+signs the host it names. Browser PUT and GET URLs are signed by `attachments.sigv4` from what that
+client resolves once at start: the same URLs at a twentieth of the CPU (a grant is the hot path).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from urllib.parse import quote
 
 import aioboto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, NoCredentialsError
 
+from attachments.sigv4 import QuerySigner, SigningCredentials, UrlBase
 from config.settings import S3Settings
 
 
@@ -68,6 +70,8 @@ def content_disposition(filename: str) -> str:
 
 
 MAX_SINGLE_COPY = 5 * 1024**3
+# Presigned once at start to learn where browser URLs point; no request is ever made for it.
+PROBE_KEY = "messenger-presign-probe"
 
 
 class S3Storage:
@@ -82,6 +86,8 @@ class S3Storage:
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
         self._browser_client: Any = None
+        self._credentials: Any = None
+        self._signer: QuerySigner | None = None
 
     @property
     def bucket(self) -> str:
@@ -122,6 +128,29 @@ class S3Storage:
         self._browser_client = await self._stack.enter_async_context(
             session.client("s3", endpoint_url=public, config=browser)
         )
+        # The browser client's own credentials object (static, or refreshed by botocore when it rotates).
+        self._credentials = await session.get_credentials()
+        if self._credentials is not None:  # else every presign fails with NoCredentialsError, as botocore's did
+            probe = await self._browser_client.generate_presigned_url(
+                "put_object", Params={"Bucket": self.bucket, "Key": PROBE_KEY}, ExpiresIn=60
+            )
+            self._signer = QuerySigner(UrlBase.from_presigned(probe, PROBE_KEY))
+
+    async def _presign(
+        self,
+        method: str,
+        key: str,
+        *,
+        expires_in: int,
+        headers: dict[str, str] | None = None,
+        query: Sequence[tuple[str, str]] = (),
+    ) -> str:
+        if self._signer is None:
+            if self._browser_client is None:
+                raise RuntimeError("S3Storage.start() has not run")
+            raise NoCredentialsError()
+        frozen: SigningCredentials = await self._credentials.get_frozen_credentials()
+        return self._signer.presign(frozen, method, key, expires_in=expires_in, headers=headers, query=query)
 
     async def close(self) -> None:
         await self._stack.aclose()
@@ -153,11 +182,8 @@ class S3Storage:
     async def presign_put(self, key: str, *, size: int, content_type: str, expires_in: int) -> dict[str, Any]:
         # Content-Length and Content-Type are signed into the URL (X-Amz-SignedHeaders), so S3 refuses
         # one byte more or less and any other type: the POST policy's limits, for servers without POST.
-        url: str = await self._browser_client.generate_presigned_url(
-            "put_object",
-            Params={"Bucket": self.bucket, "Key": key, "ContentLength": size, "ContentType": content_type},
-            ExpiresIn=expires_in,
-        )
+        headers = {"Content-Length": str(size), "Content-Type": content_type}
+        url = await self._presign("PUT", key, expires_in=expires_in, headers=headers)
         # Content-Length is not listed: browsers refuse to set it and send the body's length themselves.
         return {"url": url, "headers": {"Content-Type": content_type}}
 
@@ -167,18 +193,10 @@ class S3Storage:
 
     async def presign_part(self, key: str, upload_id: str, part_number: int, *, size: int, expires_in: int) -> str:
         # Content-Length is signed into the URL, so S3 refuses a part of any other size.
-        url: str = await self._browser_client.generate_presigned_url(
-            "upload_part",
-            Params={
-                "Bucket": self.bucket,
-                "Key": key,
-                "UploadId": upload_id,
-                "PartNumber": part_number,
-                "ContentLength": size,
-            },
-            ExpiresIn=expires_in,
+        query = (("uploadId", upload_id), ("partNumber", str(part_number)))
+        return await self._presign(
+            "PUT", key, expires_in=expires_in, headers={"Content-Length": str(size)}, query=query
         )
-        return url
 
     async def list_parts(self, key: str, upload_id: str) -> list[StoredPart]:
         parts: list[StoredPart] = []
@@ -258,13 +276,12 @@ class S3Storage:
         await self._client.delete_object(Bucket=self.bucket, Key=key)
 
     async def presign_get(self, key: str, *, expires_in: int, filename: str | None, content_type: str | None) -> str:
-        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        query = []
         if filename is not None:
-            params["ResponseContentDisposition"] = content_disposition(filename)
+            query.append(("response-content-disposition", content_disposition(filename)))
         if content_type is not None:
-            params["ResponseContentType"] = content_type
-        url: str = await self._browser_client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_in)
-        return url
+            query.append(("response-content-type", content_type))
+        return await self._presign("GET", key, expires_in=expires_in, query=query)
 
     async def ping(self) -> None:
         await self._client.head_bucket(Bucket=self.bucket)

@@ -122,7 +122,11 @@ class Bench:
     def row(self, what: str, figure: str, note: str = "") -> None:
         self.rows.append((what, figure, note))
 
-    def service(self, name: str, env: dict[str, str]) -> contextlib.AbstractContextManager[Service]:
+    def service(
+        self, name: str, env: dict[str, str], checkout: Path = ROOT
+    ) -> contextlib.AbstractContextManager[Service]:
+        if checkout != ROOT:  # that tree's code, not this one's (PYTHONPATH may point here)
+            env = {**env, "PYTHONPATH": str(checkout)}
         return messenger_serve(
             self.children,
             self.scratch,
@@ -131,6 +135,7 @@ class Bench:
             env=env,
             timeout=self.args.start_timeout,
             cpu=self.cpu("server"),
+            checkout=checkout,
         )
 
 
@@ -265,40 +270,81 @@ def show(run: LoadRun, extra: str = "") -> None:
 
 
 def signing_baseline(bench: Bench, seconds: float) -> float:
-    """aioboto3's generate_presigned_post, configured as S3Storage configures it, in a loop (no I/O)."""
+    """Signing one grant, in a loop in this process (no I/O): botocore's calls and the service's own signer.
+
+    Returns the service's PUT grants per CPU second (S3Storage.presign_put, attachments/sigv4), the
+    call every embedded grant makes; botocore's generate_presigned_url for the same PUT is what it
+    made before, and generate_presigned_post is what a grant costs against an S3 with POST policies.
+    """
     import aioboto3
     from botocore.config import Config
+
+    from attachments.storage import S3Storage
+    from config.settings import S3Settings
+
+    key = f"uploads/conversations/{'c' * 32}/"
+
+    async def rate(name: str, sign: Any) -> float:
+        for i in range(300):  # warm-up: endpoint rules, caches
+            await sign(i)
+        n = 0
+        started = time.perf_counter()
+        cpu0 = time.process_time()
+        while time.perf_counter() - started < seconds:
+            for _ in range(100):
+                await sign(n)
+                n += 1
+        wall = time.perf_counter() - started
+        cpu = time.process_time() - cpu0
+        log(
+            f"    {name:<58} {n / cpu:9,.0f} per CPU second"
+            f" ({1e6 * cpu / n:4.0f} us of CPU each, {n:,} in {wall:.1f} s)"
+        )
+        return n / cpu
 
     async def main() -> float:
         session = aioboto3.Session(aws_access_key_id="bench", aws_secret_access_key="bench", region_name="us-east-1")
         config = Config(signature_version="s3v4", s3={"addressing_style": "path", "use_accelerate_endpoint": False})
-        async with session.client("s3", endpoint_url="http://127.0.0.1:9", config=config) as client:
+        storage = S3Storage(
+            S3Settings(bucket="messenger-attachments", access_key_id="bench", secret_access_key="bench"),
+            endpoint_url="http://127.0.0.1:9",
+            supports_post_policy=False,
+        )
+        await storage.start()
+        try:
+            async with session.client("s3", endpoint_url="http://127.0.0.1:9", config=config) as client:
 
-            async def sign(i: int) -> None:
-                await client.generate_presigned_post(
-                    Bucket="messenger-attachments",
-                    Key=f"conversations/{'c' * 32}/{i:032x}",
-                    Fields={"Content-Type": "image/png"},
-                    Conditions=[{"Content-Type": "image/png"}, ["content-length-range", 123456, 123456]],
-                    ExpiresIn=900,
-                )
+                async def botocore_put(i: int) -> None:
+                    await client.generate_presigned_url(
+                        "put_object",
+                        Params={
+                            "Bucket": "messenger-attachments",
+                            "Key": f"{key}{i:032x}",
+                            "ContentLength": 123456,
+                            "ContentType": "image/png",
+                        },
+                        ExpiresIn=900,
+                    )
 
-            for i in range(300):  # warm-up: endpoint rules, caches
-                await sign(i)
-            n = 0
-            started = time.perf_counter()
-            cpu0 = time.process_time()
-            while time.perf_counter() - started < seconds:
-                for _ in range(100):
-                    await sign(n)
-                    n += 1
-            wall = time.perf_counter() - started
-            cpu = time.process_time() - cpu0
-            log(
-                f"    {n:,} signatures in {wall:.2f} s using {cpu:.2f} CPU s: {n / wall:,.0f}/s wall clock,"
-                f" {n / cpu:,.0f} per CPU second ({1e6 * cpu / n:.0f} us of CPU each)"
-            )
-            return n / cpu
+                async def service_put(i: int) -> None:
+                    await storage.presign_put(f"{key}{i:032x}", size=123456, content_type="image/png", expires_in=900)
+
+                async def botocore_post(i: int) -> None:
+                    await client.generate_presigned_post(
+                        Bucket="messenger-attachments",
+                        Key=f"{key}{i:032x}",
+                        Fields={"Content-Type": "image/png"},
+                        Conditions=[{"Content-Type": "image/png"}, ["content-length-range", 123456, 123456]],
+                        ExpiresIn=900,
+                    )
+
+                before = await rate("PUT grant, botocore generate_presigned_url (before)", botocore_put)
+                service = await rate("PUT grant, S3Storage.presign_put (attachments/sigv4, now)", service_put)
+                await rate("POST policy, botocore generate_presigned_post (S3 with POST)", botocore_post)
+                log(f"    -> the service's PUT signer: {service / before:.1f}x botocore's for the same URL")
+                return service
+        finally:
+            await storage.close()
 
     affinity = os.sched_getaffinity(0)
     if bench.pin:
@@ -307,6 +353,74 @@ def signing_baseline(bench: Bench, seconds: float) -> float:
         return asyncio.run(main())
     finally:
         os.sched_setaffinity(0, affinity)
+
+
+@dataclass
+class Measured:
+    """Back-to-back wrk runs of POST /attachments against one server."""
+
+    runs: list[LoadRun]
+
+    @property
+    def rps(self) -> float:
+        return sum(r.requests for r in self.runs) / sum(r.seconds for r in self.runs)
+
+    @property
+    def server_cores(self) -> float:
+        return sum(r.server_cores * r.seconds for r in self.runs) / sum(r.seconds for r in self.runs)
+
+    @property
+    def per_core(self) -> float:
+        return self.rps / self.server_cores
+
+
+def floor_baseline(bench: Bench, body: str) -> float:
+    """bench/grant_floor.py (auth + id + presign, nothing else) pinned like the service, driven by the same wrk."""
+    from harness import free_port, wait_ready
+
+    args = bench.args
+    port = free_port()
+    log_path = bench.scratch / "floor.log"
+    with open(log_path, "wb") as log_file:
+        proc = bench.children.spawn(
+            [sys.executable, str(ROOT / "bench" / "grant_floor.py"), "--port", str(port)],
+            cpu=bench.cpu("server"),
+            cwd=ROOT,
+            env={**os.environ, "JWT_SECRET": bench.secret},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    floor = Service(proc, f"http://127.0.0.1:{port}", log_path)
+    try:
+        wait_ready(floor, args.start_timeout)
+        post = wrk_script(
+            bench.scratch / "post-floor.lua",
+            method="POST",
+            body=body,
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {bench.token('seller')}"},
+        )
+        c = args.connections
+        run_wrk(bench, floor, f"{API}/attachments", post, seconds=2, connections=c, label="warm-up")
+        runs = []
+        for i in range(args.intervals):
+            run = run_wrk(
+                bench, floor, f"{API}/attachments", post, seconds=args.interval, connections=c, label=f"floor #{i + 1}"
+            )
+            show(run)
+            runs.append(run)
+    finally:
+        bench.children.stop(proc)
+    measured = Measured(runs)
+    log(
+        f"  -> floor: {measured.per_core:,.0f}/s per core"
+        f" ({measured.rps:,.0f} req/s on {measured.server_cores:.2f} cores)"
+    )
+    bench.row(
+        "floor: auth + id + PUT presign, bare aiohttp",
+        f"{measured.per_core:,.0f}/s/core",
+        f"{measured.rps:,.0f} req/s on {measured.server_cores:.2f} cores; bench/grant_floor.py",
+    )
+    return measured.per_core
 
 
 # --- profile -----------------------------------------------------------------------------------
@@ -324,8 +438,13 @@ PLUMBING = (
 COMPONENTS = {
     "AttachmentRoutes.request_upload": "the endpoint's handler, all of it",
     "S3Storage.presign_post": "  signing the POST policy (aiobotocore)",
+    "S3Storage.presign_put": "  signing the PUT grant (attachments/sigv4)",
     "ChatService.conversation_for": "  conversation lookup (database)",
-    "AttachmentStore.insert": "  inserting the attachment (database)",
+    "ChatService.ensure_can_send": "  block check (database)",
+    "SqliteAttachmentStore.insert": "  inserting the attachment (database)",
+    "SqliteEngine.run": "  the loop's side of the three store calls (queue, future, wake-up)",
+    "parse": "  validating the request (pydantic)",
+    "new_id": "ids (record and request)",
     "TokenVerifier.verify": "JWT verification (auth middleware)",
     "AttachmentPipeline._loop": "embedded pipeline's polling loop (claim queries)",
     "AttachmentStore.claim": "  of which the claim query itself",
@@ -442,13 +561,21 @@ def profile_under_load(bench: Bench, service: Service, name: str, script: Path) 
 # --- part 1: grants per second ---------------------------------------------------------------------
 
 
-def grants_layout(bench: Bench, name: str, env: dict[str, str], signing_per_core: float) -> None:
+def grants_layout(
+    bench: Bench,
+    name: str,
+    env: dict[str, str],
+    signing_per_core: float,
+    floor: float,
+    checkout: Path = ROOT,
+) -> float:
+    """One layout's grants per core (also printed and tabled); `checkout` runs another tree's code."""
     args = bench.args
     log(
         f"\n== POST /api/v1/attachments, layout '{name}'"
         f" ({', '.join(f'{k}={v}' for k, v in env.items()) or 'embedded defaults'})"
     )
-    with bench.service(name, env) as service:
+    with bench.service(name, env, checkout) as service:
         conversation = open_conversation(bench, service)
         body = json.dumps(
             {"conversation_id": conversation, "filename": "photo.png", "size": 123_456, "content_type": "image/png"}
@@ -521,6 +648,10 @@ def grants_layout(bench: Bench, name: str, env: dict[str, str], signing_per_core
             f" target {TARGET_PER_CORE:,.0f}){f'; {errors} errors' if errors else ''}"
         )
         log(
+            f"     per core, vs the floor (auth + id + presign, bare aiohttp, same run): {per_core / floor:.2f}x;"
+            f" the rest of a grant costs {1e6 / per_core - 1e6 / floor:.0f} us of CPU per request"
+        )
+        log(
             f"     per core, vs the signing call alone: {per_core / signing_per_core:.2f}x"
             f" (signing is ~{100 * per_core / signing_per_core:.0f}% of the server's CPU per request);"
             f" vs GET /healthz through the same wrk: {per_core / health.per_core:.2f}x"
@@ -561,7 +692,8 @@ def grants_layout(bench: Bench, name: str, env: dict[str, str], signing_per_core
             f"[{name}] POST /attachments, all intervals",
             f"{per_core:,.0f}/s/core",
             f"{verdict} target {TARGET_PER_CORE:,.0f} (worst interval {worst.per_core:,.0f}); {rps:,.0f} req/s;"
-            f" {per_core / signing_per_core:.2f}x signing alone, {per_core / health.per_core:.2f}x healthz",
+            f" {per_core / floor:.2f}x the floor, {per_core / signing_per_core:.2f}x signing alone,"
+            f" {per_core / health.per_core:.2f}x healthz",
         )
         bench.row(
             f"[{name}] GET /healthz, after",
@@ -576,20 +708,42 @@ def grants_layout(bench: Bench, name: str, env: dict[str, str], signing_per_core
             )
             lines = profile_under_load(bench, service, name, post)
             bench.notes.append(f"profile of layout '{name}' ({created:,}+ attachments stored):\n" + "\n".join(lines))
+    return per_core
 
 
 def part_grants(bench: Bench) -> None:
-    log(
-        "\n== baseline: the signing call alone (aioboto3 generate_presigned_post, in this process"
-        + (", pinned to CPU 0)" if bench.pin else ")")
-    )
+    log("\n== baseline: signing one grant, in this process" + (", pinned to CPU 0" if bench.pin else ""))
     signing = signing_baseline(bench, bench.args.sign_seconds)
     bench.row(
-        "signing call alone, in-process", f"{signing:,.0f}/s/core", f"{1e6 / signing:.0f} us of CPU per signature"
+        "signing a PUT grant alone, in-process",
+        f"{signing:,.0f}/s/core",
+        f"{1e6 / signing:.0f} us of CPU per signature",
     )
+    log("\n== baseline: the floor, a bare aiohttp handler doing only auth + id + presign (bench/grant_floor.py)")
+    body = json.dumps(
+        {"conversation_id": "c" * 32, "filename": "photo.png", "size": 123_456, "content_type": "image/png"}
+    )
+    floor = floor_baseline(bench, body)
     for layout in bench.args.layouts:
         env = {"WORKER_EMBEDDED": "false"} if layout == "no-worker" else {}
-        grants_layout(bench, layout, env, signing)
+        before = bench.args.before
+        if before is None:
+            grants_layout(bench, layout, env, signing, floor)
+            continue
+        # Before, after, before again: the machine's drift shows as the two befores differing.
+        befores = [grants_layout(bench, f"{layout}-before", env, signing, floor, before)]
+        after = grants_layout(bench, layout, env, signing, floor)
+        befores.append(grants_layout(bench, f"{layout}-before-again", env, signing, floor, before))
+        mean_before = sum(befores) / len(befores)
+        log(
+            f"\n  [{layout}] after / before ({before}): {after / mean_before:.2f}x per core"
+            f" ({after:,.0f} against {befores[0]:,.0f} and {befores[1]:,.0f})"
+        )
+        bench.row(
+            f"[{layout}] after / before, same run",
+            f"{after / mean_before:.2f}x",
+            f"{after:,.0f} vs {befores[0]:,.0f} / {befores[1]:,.0f} per core (before: {before})",
+        )
 
 
 # --- part 2: no file byte through the service ---------------------------------------------------
@@ -925,6 +1079,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-minutes", type=float, default=8.0, help="hard stop for the whole run")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results", help="where py-spy's raw stacks go")
     parser.add_argument("--no-pin", action="store_true", help="do not pin server/client to CPUs 0/1")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        help="grants: also serve this checkout's code (e.g. /work/main) before and after this tree's, for a ratio",
+    )
     return parser.parse_args(argv)
 
 

@@ -122,8 +122,11 @@ def messenger_serve(
     env: dict[str, str],
     timeout: float,
     cpu: int | None = None,
+    checkout: Path = REPO,
 ) -> Iterator[Service]:
-    """Start `messenger serve` on a free port, wait until /readyz says every part answers, stop it after."""
+    """Start `messenger serve` on a free port, wait until /readyz says every part answers, stop it after.
+
+    `checkout`: the source tree whose code runs (another worktree, to compare before and after)."""
     port = free_port()
     log_path = scratch / f"{name}.log"
     environment = {
@@ -137,7 +140,7 @@ def messenger_serve(
         proc = children.spawn(
             [sys.executable, "-m", "messenger", "serve", "--host", "127.0.0.1", "--port", str(port)],
             cpu=cpu,
-            cwd=REPO,
+            cwd=checkout,
             env=environment,
             stdout=log_file,
             stderr=subprocess.STDOUT,

@@ -7,7 +7,6 @@ a logged 500 `internal_error` carrying a request id, never a stack trace.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,6 +16,8 @@ from aiohttp.typedefs import Middleware
 from core.commands import loads_client_json
 from core.errors import Code, InvalidInput, MessengerError, PayloadTooLarge, Unauthenticated
 from core.identity import Identity, TokenVerifier
+from core.ids import new_id
+from core.runtime import json_codec
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,9 @@ def error_response(error: MessengerError, request_id: str | None = None) -> web.
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    request_id = request.headers.get("X-Request-Id") or new_id()
     if len(request_id) > 64 or not request_id.isascii():
-        request_id = uuid.uuid4().hex
+        request_id = new_id()
     request[REQUEST_ID] = request_id
     try:
         response = await handler(request)
@@ -182,4 +183,5 @@ def query_int(
 
 
 def ok(payload: Any, status: int = 200) -> web.Response:
-    return web.json_response(payload, status=status)
+    # The socket packets' writer (orjson unless MESSENGER_JSON=json): a grant's answer in a third of the time.
+    return web.json_response(payload, status=status, dumps=json_codec().dumps)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,6 +24,7 @@ from core.commands import loads_client_json
 from core.errors import Code, InvalidInput, MessengerError, NotFound, Unauthenticated
 from core.http import Handler
 from core.identity import Identity
+from core.ids import new_id
 from core.runtime import json_codec
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ def acked(
             on_error(exc.code)
             return {"ok": False, **exc.to_json()}
         except Exception:
-            request_id = uuid.uuid4().hex
+            request_id = new_id()
             log.exception("unhandled error in socket event", extra={"event": event, "request_id": request_id})
             return {
                 "ok": False,

@@ -89,6 +89,19 @@ async def test_a_put_grant_takes_exactly_the_declared_size_and_type(storage: S3S
         assert status == 403 and b"SignatureDoesNotMatch" in reply, (what, status, reply)
         assert await storage.head("conversations/c/a1") is None, what
 
+    # The URL is signed by attachments.sigv4: its signature, key, expiry and signed headers are all checked.
+    signature = dict(parse_qsl(urlsplit(grant["url"]).query))["X-Amz-Signature"]
+    tampered = {
+        "signature": with_query(grant["url"], **{"X-Amz-Signature": flipped(signature)}),
+        "another key": grant["url"].replace("/conversations/c/a1?", "/conversations/c/a2?"),
+        "expiry stretched": with_query(grant["url"], **{"X-Amz-Expires": "604800"}),
+        "length unsigned": with_query(grant["url"], **{"X-Amz-SignedHeaders": "content-type;host"}),
+    }
+    for what, bad in tampered.items():
+        status, reply, _ = await browser("PUT", bad, data=PNG, headers=grant["headers"])
+        assert status == 403, (what, status, reply)
+    assert await storage.head("conversations/c/a2") is None
+
     status, _, _ = await browser("PUT", grant["url"], data=PNG, headers=grant["headers"])
     assert status == 200
     stored = await storage.head("conversations/c/a1")

@@ -130,3 +130,21 @@ def test_accelerate_is_refused_with_the_embedded_s3_and_lists_must_be_json(monke
 def test_several_nodes_need_a_shared_database() -> None:
     with pytest.raises(ConfigError, match="MONGODB_URI"):
         load_settings({"redis": {"url": "redis://127.0.0.1:6379/0"}})
+
+
+def test_a_token_verified_before_is_still_refused_once_it_expires() -> None:
+    """The verifier keeps tokens it verified; a kept one must still expire exactly as a fresh check would."""
+    settings = AuthSettings(secret=TEST_SECRET, leeway_seconds=0)
+    verifier = TokenVerifier(settings)
+    expires = int(time.time()) + 2
+    token = jwt.encode({"sub": "u1", "exp": expires}, TEST_SECRET, "HS256")
+    assert verifier.verify(token).user_id == "u1"
+    assert verifier.verify(token).user_id == "u1"  # kept
+    forged = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+    with pytest.raises(Unauthenticated) as error:
+        verifier.verify(forged)  # a different string is never taken for the kept one
+    assert error.value.code == "token_invalid"
+    time.sleep(max(0.0, expires - time.time()) + 0.05)
+    with pytest.raises(Unauthenticated) as error:
+        verifier.verify(token)
+    assert error.value.code == "token_expired"
