@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 # Long enough that a busy node renews it well in time; short enough that after a kill -9 another
 # node (or the restarted one, whose pid differs) takes over within seconds.
 LEASE_SECONDS = 15.0
+# How long a woken projection lets writes gather before a pass.
+GATHER_SECONDS = 0.02
 # How long a node without the lease waits for the holder to apply its writes before reading anyway.
 WAIT_FOR_HOLDER_SECONDS = 5.0
 
@@ -43,6 +45,7 @@ class ProjectionRunner:
         types: Collection[str],
         batch_size: int = 500,
         poll_seconds: float = 1.0,
+        gather_seconds: float = GATHER_SECONDS,
         lease_seconds: float = LEASE_SECONDS,
         owner_id: str | None = None,
     ) -> None:
@@ -53,6 +56,7 @@ class ProjectionRunner:
         self._types = list(types)
         self._batch_size = batch_size
         self._poll_seconds = poll_seconds
+        self._gather_seconds = gather_seconds
         self._lease_seconds = lease_seconds
         # Per process, not per instance: a service rebuilt in the same process (tests restart one
         # that way) resumes its own lease. Batches are idempotent, so two instances sharing it is safe.
@@ -65,6 +69,9 @@ class ProjectionRunner:
         self._written = 1
         self._settled = 0
         self.holds_lease = False
+        # While the lease is ours: the checkpoint as we moved it, and until when the lease runs.
+        self._position: int | None = None
+        self._lease_until = 0.0
 
     async def ensure_schema(self) -> None:
         """Create the checkpoint at the log's end unless it exists: events from before the projection
@@ -86,30 +93,38 @@ class ProjectionRunner:
             applied = 0
             while True:
                 written = self._written
-                after = await self._checkpoints.claim(
-                    self.name, self.owner_id, now=time.time(), lease_seconds=self._lease_seconds
-                )
-                self.holds_lease = after is not None
+                after = await self._leased_position()
                 if after is None:
                     return applied
                 batch = await self._events.read(after=after, limit=self._batch_size, types=self._types)
-                if not batch:
-                    # Everything this process had written when the pass began is in the log, so applied.
+                if batch:
+                    await self._apply(batch)
+                    now = time.time()
+                    position = int(batch[-1].position or after)
+                    moved = await self._checkpoints.advance(
+                        self.name, self.owner_id, position, len(batch), now=now, lease_seconds=self._lease_seconds
+                    )
+                    applied += len(batch)
+                    if not moved:  # another node took the lease meanwhile: it applies from its checkpoint
+                        self.holds_lease = False
+                        self._lease_until = 0.0
+                        return applied
+                    self._position, self._lease_until = position, now + self._lease_seconds
+                if len(batch) < self._batch_size:
+                    # The log held nothing more when read, so everything this process had written
+                    # when the pass began is applied: no second read to find that out.
                     self._settled = max(self._settled, written)
                     return applied
-                await self._apply(batch)
-                moved = await self._checkpoints.advance(
-                    self.name,
-                    self.owner_id,
-                    int(batch[-1].position or after),
-                    len(batch),
-                    now=time.time(),
-                    lease_seconds=self._lease_seconds,
-                )
-                applied += len(batch)
-                if not moved:  # another node took the lease meanwhile: it applies from its checkpoint
-                    self.holds_lease = False
-                    return applied
+
+    async def _leased_position(self) -> int | None:
+        """The checkpoint, if this node holds the lease; claimed (a write) only once half the lease has run."""
+        now = time.time()
+        if self.holds_lease and self._position is not None and now < self._lease_until - self._lease_seconds / 2:
+            return self._position  # nobody else moves the checkpoint while the lease is ours
+        after = await self._checkpoints.claim(self.name, self.owner_id, now=now, lease_seconds=self._lease_seconds)
+        self.holds_lease = after is not None
+        self._position, self._lease_until = after, (now + self._lease_seconds if after is not None else 0.0)
+        return after
 
     async def caught_up(self) -> None:
         """Return once the model holds every write this process committed before the call."""
@@ -141,6 +156,10 @@ class ProjectionRunner:
                 log.exception("projection %s failed; will retry", self.name)
             with contextlib.suppress(TimeoutError):  # the poll: writes on other nodes wake nobody here
                 await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll_seconds)
+            # The writes of the next few milliseconds join this pass: a pass per write was most of
+            # a send's store work at a steady rate (bench/chat). A reader never waits for this; it
+            # catches up itself (caught_up).
+            await asyncio.sleep(self._gather_seconds)
             self._wakeup.clear()
 
     async def stop(self) -> None:
@@ -151,3 +170,4 @@ class ProjectionRunner:
             except Exception:
                 log.warning("projection %s could not release its lease", self.name, exc_info=True)
             self.holds_lease = False
+            self._lease_until = 0.0
