@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -54,7 +55,20 @@ SCHEMA: list[list[str]] = [
         "ALTER TABLE conversations ADD COLUMN blocked INTEGER NOT NULL DEFAULT 0",
         "CREATE INDEX conversations_blocked ON conversations (blocked) WHERE blocked = 1",
     ],
+    # The search index trails the messages by up to INDEX_BATCH of them (SqliteMessageStore): the
+    # messages past `indexed_upto` (a rowid) are the ones not indexed yet. A database whose index
+    # was complete (backfilled) starts at its last message, one never backfilled at 0.
+    [
+        "CREATE TABLE message_search_progress (indexed_upto INTEGER NOT NULL)",
+        "INSERT INTO message_search_progress SELECT CASE WHEN EXISTS (SELECT 1 FROM message_search_state)"
+        " THEN (SELECT ifnull(max(rowid), 0) FROM messages) ELSE 0 END",
+    ],
 ]
+# Index writes wait until this many messages are stored, or the oldest waited INDEX_DELAY_SECONDS:
+# FTS5 writes a new segment per transaction, so a message indexed in its own send's commit cost
+# several pages of WAL; a search first indexes whatever is waiting, so it never misses a message.
+INDEX_BATCH = 64
+INDEX_DELAY_SECONDS = 0.25
 
 CONVERSATION_COLUMNS = (
     "id, buyer_id, seller_id, order_id, created_ms, last_seq, last_message_id, last_activity_ms,"
@@ -269,15 +283,6 @@ def _index_message(
     c.executemany("INSERT INTO message_search (rowid, keys, body) VALUES (?, ?, ?)", rows)
 
 
-def _backfill_search(c: Connection) -> None:
-    """Index messages stored before the index existed (once)."""
-    if c.execute("SELECT 1 FROM message_search_state").fetchone():
-        return
-    for rowid, body in c.execute("SELECT rowid, body FROM messages").fetchall():
-        _index_message(c, MESSAGE.loads(body), int(rowid))
-    c.execute("INSERT INTO message_search_state VALUES (1)")
-
-
 def _insert_with_events(c: Connection, message: Message, events: Sequence[Event]) -> int:
     try:
         rowid = _insert_message(c, message)
@@ -297,21 +302,57 @@ def _insert_with_events(c: Connection, message: Message, events: Sequence[Event]
 class SqliteMessageStore:
     def __init__(self, engine: SqliteEngine) -> None:
         self._engine = engine
-        # Messages stored in the transaction under way, indexed for search just before it commits.
-        self._unindexed: list[tuple[int, Message, tuple[str, str] | None]] = []
-        engine.before_commit(self._index_stored)
+        # Messages stored and not indexed yet, by rowid, and their conversations' participants: what
+        # indexing them needs without reading each back (the store's `indexed_upto` says which are due).
+        self._unindexed: dict[int, Message] = {}
+        self._pairs: dict[str, tuple[str, str]] = {}
+        self._unindexed_since: float | None = None
+        engine.before_commit(self._index_when_due)
 
-    def _index_stored(self, c: Connection) -> None:
-        pending, self._unindexed = self._unindexed, []
-        for rowid, message, pair in pending:
-            # A call rolled back to its savepoint left its entry here; its rowid may since hold another message.
-            found = c.execute("SELECT id FROM messages WHERE rowid = ?", (rowid,)).fetchone()
-            if found is not None and found[0] == message.id:
-                _index_message(c, message, rowid, pair=pair, fresh=True)
+    def _stored(self, rowid: int, message: Message, pair: tuple[str, str] | None) -> None:
+        self._unindexed[rowid] = message
+        if pair is not None:
+            self._pairs[message.conversation_id] = pair
+        if self._unindexed_since is None:
+            self._unindexed_since = time.monotonic()
+
+    def _index_when_due(self, c: Connection) -> None:
+        since = self._unindexed_since
+        if since is not None and (
+            len(self._unindexed) >= INDEX_BATCH or time.monotonic() - since >= INDEX_DELAY_SECONDS
+        ):
+            self._index_waiting(c)
+
+    def _index_waiting(self, c: Connection) -> None:
+        """Index every message past `indexed_upto`, in this transaction, and move it past them."""
+        upto = int(c.execute("SELECT indexed_upto FROM message_search_progress").fetchone()[0])
+        known, self._unindexed, self._unindexed_since = self._unindexed, {}, None
+        rows = c.execute(
+            "SELECT rowid, id, conversation_id FROM messages WHERE rowid > ? ORDER BY rowid", (upto,)
+        ).fetchall()
+        for rowid, message_id, conversation_id in rows:
+            message = known.get(rowid)
+            if message is None or message.id != message_id:  # not stored by this process since it started
+                body = c.execute("SELECT body FROM messages WHERE rowid = ?", (rowid,)).fetchone()[0]
+                message = MESSAGE.loads(body)
+            _index_message(c, message, rowid, pair=self._pair(c, conversation_id), fresh=True)
+        if rows:
+            c.execute("UPDATE message_search_progress SET indexed_upto = ?", (rows[-1][0],))
+        if len(self._pairs) > 10_000:  # a cache of who is in which conversation, not a copy of them all
+            self._pairs.clear()
+
+    def _pair(self, c: Connection, conversation_id: str) -> tuple[str, str] | None:
+        pair = self._pairs.get(conversation_id)
+        if pair is None:
+            row = c.execute("SELECT buyer_id, seller_id FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+            if row is None:
+                return None
+            pair = self._pairs[conversation_id] = (row[0], row[1])
+        return pair
 
     async def ensure_schema(self) -> None:
         await self._engine.migrate("chat", SCHEMA)
-        await self._engine.run(_backfill_search)
+        await self._engine.run(self._index_waiting)  # what a crash or an older version left unindexed
 
     async def get(self, message_id: str) -> Message | None:
         def get(c: Connection) -> Message | None:
@@ -350,7 +391,7 @@ class SqliteMessageStore:
     ) -> None:
         # The participants are read in the transaction (no round trip): `conversation` is not needed.
         def insert(c: Connection) -> None:
-            self._unindexed.append((_insert_with_events(c, message, events), message, None))
+            self._stored(_insert_with_events(c, message, events), message, None)
 
         await self._engine.run(insert)
 
@@ -374,7 +415,7 @@ class SqliteMessageStore:
                     ).fetchone()
                     seq = max(seq, int(highest[0] or 0)) + 1
                     continue
-                self._unindexed.append((rowid, message, pair))
+                self._stored(rowid, message, pair)
                 _record_message(c, conversation_id, sender_role, message.seq, message.id, message.created_ms)
                 return message
 
@@ -384,9 +425,15 @@ class SqliteMessageStore:
         self, message: Message, events: Sequence[Event], *, conversation: Conversation | None = None
     ) -> Message | None:
         def save(c: Connection) -> Message | None:
-            row = c.execute("SELECT body FROM messages WHERE id = ? AND deleted = 0", (message.id,)).fetchone()
+            row = c.execute(
+                "SELECT body, rowid > (SELECT indexed_upto FROM message_search_progress) FROM messages"
+                " WHERE id = ? AND deleted = 0",
+                (message.id,),
+            ).fetchone()
             if row is None:
                 return None
+            if row[1]:  # not indexed yet: index what waits first, so the change below replaces it
+                self._index_waiting(c)
             # Only the changeable fields are written: what the message is (sender, seq, files) never changes.
             changes = {k: v for k, v in MESSAGE.dump(message).items() if k in CHANGEABLE}
             stored = MESSAGE.load({**json.loads(row[0]), **changes})
@@ -405,6 +452,8 @@ class SqliteMessageStore:
     ) -> list[Message]:
         if not terms:
             return []
+        if self._unindexed_since is not None:  # messages wait to be indexed: a search must find them
+            await self._engine.run(self._index_waiting)
         keys = f"keys : {viewer_key(viewer_id)}"
         if conversation_id is not None:
             keys += f" AND keys : {conversation_key(conversation_id)}"
