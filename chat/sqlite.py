@@ -6,7 +6,6 @@ commit together because the events are appended to the log in the same transacti
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -18,7 +17,16 @@ from chat.search import conversation_key, viewer_key, visible_text
 from chat.store import MAX_CHANGED_PER_SYNC, BuildMessage, ClientIdTaken, SeqTaken
 from core.events import Event
 from core.ids import new_id
-from core.sqlite import Connection, RecordCodec, SqliteEngine, append_events, from_ms, in_list, to_ms
+from core.sqlite import (
+    Connection,
+    RecordCodec,
+    SqliteEngine,
+    append_events,
+    from_ms,
+    in_list,
+    load_row_json,
+    to_ms,
+)
 
 SCHEMA: list[list[str]] = [
     [
@@ -436,7 +444,7 @@ class SqliteMessageStore:
                 self._index_waiting(c)
             # Only the changeable fields are written: what the message is (sender, seq, files) never changes.
             changes = {k: v for k, v in MESSAGE.dump(message).items() if k in CHANGEABLE}
-            stored = MESSAGE.load({**json.loads(row[0]), **changes})
+            stored = MESSAGE.load({**load_row_json(row[0]), **changes})
             c.execute(
                 "UPDATE messages SET updated_seq = ?, deleted = ?, body = ? WHERE id = ?",
                 (stored.updated_seq, int(stored.deleted), MESSAGE.dumps(stored), stored.id),

@@ -38,6 +38,11 @@ from typing import Any, Generic, TypeVar
 from core.events import Event
 from core.runtime import json_codec
 
+try:
+    import orjson
+except ImportError:  # pragma: no cover - orjson is a runtime dependency; the standard library reads alike
+    orjson = None  # type: ignore[assignment]
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -57,8 +62,19 @@ CHECKPOINT_EVERY_COMMITS = 16
 
 
 # Rows are written with orjson where the runtime uses it (several times faster than the standard
-# library for a message's body and its events) and read back with the standard library.
+# library for a message's body and its events), and read back with it too: this is JSON we wrote,
+# not a client's, so the standard library's stricter reading (core/commands.py) is not needed.
 _JSON = json_codec()
+
+
+def load_row_json(text: str) -> Any:
+    """A JSON column read back; what orjson refuses (lone surrogates the standard library wrote) is read by that."""
+    if orjson is not None:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(text)
 
 
 class SchemaTooNew(RuntimeError):
@@ -470,7 +486,7 @@ class RecordCodec(Generic[R]):
         return _JSON.dumps(self.dump(record))
 
     def loads(self, text: str) -> R:
-        return self.load(json.loads(text))
+        return self.load(load_row_json(text))
 
     def checked(self, changes: Mapping[str, Any], what: str) -> Mapping[str, Any]:
         unknown = set(changes) - set(self.fields)
@@ -511,7 +527,7 @@ def _event_from_row(row: tuple[Any, ...]) -> Event:
         id=event_id,
         type=event_type,
         key=key,
-        data=json.loads(data),
+        data=load_row_json(data),
         occurred_at=from_ms(occurred_ms),
         version=int(version),
         position=int(position),
@@ -635,6 +651,7 @@ __all__ = [
     "backup_file",
     "from_ms",
     "in_list",
+    "load_row_json",
     "opt_ms",
     "to_ms",
 ]
