@@ -155,14 +155,11 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9001)
     parser.add_argument("--store", default=None, help="a SQLite file: store each message before its ack")
-    parser.add_argument(
-        "--store-on", choices=("loop", "thread"), default="loop", help="where the engine writes (default: loop)"
-    )
     args = parser.parse_args()
     loop = install_event_loop()
     store = None
     if args.store:
-        engine = SqliteEngine(args.store, on_loop=args.store_on == "loop")
+        engine = SqliteEngine(args.store)
         asyncio.new_event_loop().run_until_complete(engine.run(lambda db: db.execute(STORE_SCHEMA)))
 
         async def store(row: tuple[Any, ...]) -> None:

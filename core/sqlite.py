@@ -1,17 +1,17 @@
-"""The embedded database engine (SQLite: one write connection, every store call atomic) and its event log.
+"""The embedded database engine (SQLite: one dedicated thread, every store call atomic) and its event log.
 
-A store method hands the engine one function; the engine runs it inside `BEGIN IMMEDIATE ...
-COMMIT` (Synapse's `runInteraction`), so every store call is atomic. Where it runs depends on the
-durability setting (see SqliteEngine): on the event loop itself with synchronous=NORMAL, where a
-commit waits for no disk; on the engine's own thread with FULL, where every commit waits for
-one. SQLite has one writer, so the event log's INTEGER PRIMARY KEY positions are dense and in
-commit order, and a write's events are appended in the write's own transaction: no outbox is
-needed here.
+A store method hands the engine one function; the engine runs it on its own thread inside
+`BEGIN IMMEDIATE ... COMMIT` (Synapse's `runInteraction`), so every store call is atomic and the
+event loop pays one thread hop per call, not one per statement (measured in FIELD_NOTES: a hop per
+statement, as aiosqlite does, was slower than mongomock). SQLite has one writer, so the event
+log's INTEGER PRIMARY KEY positions are dense and in commit order, and a write's events are
+appended in the write's own transaction: no outbox is needed here.
 
-Group commit: the calls that queue up (during one turn of the loop, or while the thread is busy)
-run as one transaction, each in a savepoint of its own (so each is still all-or-nothing, and one
-that fails is rolled back alone), and every caller is answered only after that COMMIT. Under load
-this pays one commit (the WAL write of the pages the calls share) per batch instead of per call.
+Group commit: the calls that queue up while the thread is busy run next as one transaction, each
+in a savepoint of its own (so each is still all-or-nothing, and one that fails is rolled back
+alone), and every caller is answered only after that COMMIT. Under load this pays one commit (the
+WAL write of the pages the calls share) and one wake-up of the event loop per batch instead of
+per call: it was most of a send's database CPU (bench/chat). An idle engine runs a call at once.
 """
 
 from __future__ import annotations
@@ -56,9 +56,6 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MILLISECOND = timedelta(milliseconds=1)
 # Calls per group-committed transaction at most, so one batch's answers never wait long.
 MAX_BATCH = 64
-# Loop mode: commits between two checkpoints; under load a commit carries 20-30 WAL pages, so about
-# the 1,000 pages at which SQLite would checkpoint by itself.
-CHECKPOINT_EVERY_COMMITS = 16
 
 
 # Rows are written with orjson where the runtime uses it (several times faster than the standard
@@ -97,47 +94,31 @@ def opt_ms(moment: datetime | None) -> int | None:
 
 
 class SqliteEngine:
-    """One write connection; every call is one transaction on it, run on the event loop or on a thread.
+    """One connection, used only by one thread; every call is one transaction on it.
 
-    On the event loop (the default with synchronous=NORMAL): a commit writes the WAL into the OS
-    and waits for no disk, so it costs microseconds of CPU, and a hop to another thread cost more
-    than the work itself (bench/chat: a relay storing each message through a thread reached 0.56x
-    of the bare relay, the same writes on the loop 0.72x). Reads are answered at once, inline;
-    writes queued during one turn of the loop share one transaction (group commit, below). The
-    WAL is checkpointed on the engine's thread from a second connection, so the fsyncs a
-    checkpoint makes never stall the loop.
-
-    On the engine's own thread (synchronous=FULL, or on_loop=False): every commit waits for the
-    disk, which must not block the loop.
+    Tried and measured against this (bench/chat, 2026-12-01): running the calls on the event
+    loop itself (a commit with synchronous=NORMAL waits for no disk), with checkpoints on a
+    second thread. It made a bare relay that stores each message 1.3x faster, but the messenger
+    no faster at saturation (2,406-2,606 against 2,449-2,754 deliveries per CPU-second), and its
+    delivery p99 at half of saturation went from 10 to 92 ms, so the engine keeps its thread.
     """
 
-    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL", on_loop: bool | None = None) -> None:
+    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL") -> None:
         if synchronous.upper() not in SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}")
         self.path = Path(path)
         self.synchronous = synchronous.upper()
-        self.on_loop = self.synchronous == "NORMAL" if on_loop is None else on_loop
-        # The writer's thread (thread mode), or the checkpointer's (loop mode).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._connection: Connection | None = None
-        # Loop mode: callers on other threads' loops (a CLI, a test) take turns on the connection.
-        self._connection_lock = threading.Lock()
-        self._checkpointer: Connection | None = None
-        self._commits_unchecked = 0
-        self._checkpointing = False
         self._closed = False
         # Store calls run so far: a store call's database round trips (the benchmark reads it).
         self.transactions = 0
         # Write transactions committed: fewer than the write calls when group commit shares them.
         self.commits = 0
-        # Calls waiting for the writer, and whether a drain of them is scheduled.
+        # Calls waiting for the thread, and whether a drain of them is scheduled there.
         self._queue: collections.deque[_Call] = collections.deque()
         self._queue_lock = threading.Lock()
         self._draining = False
-        # A checkpoint's last pass holds writes back (queued, never blocking the loop) until it ends.
-        self._writes_paused = False
-        self._batch_running = False
-        self._batch_done = threading.Condition(self._queue_lock)
         self._before_commit: list[Callable[[Connection], None]] = []
 
     def before_commit(self, hook: Callable[[Connection], None]) -> None:
@@ -151,17 +132,9 @@ class SqliteEngine:
         self._before_commit.append(hook)
 
     async def run(self, work: Callable[[Connection], T], *, write: bool = True) -> T:
-        """Run `work` atomically on the engine's connection; an exception rolls back all it did."""
+        """Run `work` atomically on the engine's thread; an exception rolls back all it did."""
         if self._closed:
             raise RuntimeError("the database is closed")
-        if self.on_loop and not write:
-            # A read changes nothing and waits for nothing: answered now, without a queue or a wake-up.
-            # Nor does it need BEGIN ... COMMIT to see one state: this connection is the database's
-            # only writer (the data dir's lock keeps other services out) and it writes nothing until
-            # the read returns.
-            with self._connection_lock:
-                self.transactions += 1
-                return work(self._connect())
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         with self._queue_lock:
@@ -169,91 +142,27 @@ class SqliteEngine:
             start = not self._draining
             self._draining = True
         if start:
-            if self.on_loop:  # after the callbacks ready now, so the writes of this turn commit together
-                loop.call_soon(self._drain)
-            else:
-                self._executor.submit(self._drain)
+            self._executor.submit(self._drain)
         return await future
 
     def _drain(self) -> None:
-        """Run what is queued, a batch per transaction, until nothing is (or a checkpoint asks for a pause)."""
+        """On the engine's thread: run what is queued, a batch per transaction, until nothing is."""
         while True:
             with self._queue_lock:
-                if not self._queue or self._writes_paused:
+                if not self._queue:
                     self._draining = False
                     return
                 batch = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
-                self._batch_running = True
             try:
-                with self._connection_lock:
-                    answers = self._run_batch(batch)
+                answers = self._run_batch(batch)
             except BaseException as exc:  # e.g. the database cannot be opened: every caller hears why
                 answers = [(call, None, exc) for call in batch]
-            finally:
-                with self._queue_lock:
-                    self._batch_running = False
-                    self._batch_done.notify_all()
-            if self.on_loop:
-                self._checkpoint_soon()
-            here = _running_loop()
             by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Call, Any, BaseException | None]]] = {}
             for answer in answers:
                 by_loop.setdefault(answer[0].loop, []).append(answer)
             for loop, settled in by_loop.items():
-                if loop is here:
-                    _settle(settled)
-                    continue
                 with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting any more
                     loop.call_soon_threadsafe(_settle, settled)
-
-    def _checkpoint_soon(self) -> None:
-        """Loop mode: every so many commits, copy the WAL into the database file on the engine's thread."""
-        self._commits_unchecked += 1
-        if self._commits_unchecked < CHECKPOINT_EVERY_COMMITS or self._checkpointing or self._closed:
-            return
-        self._commits_unchecked = 0
-        self._checkpointing = True
-        self._executor.submit(self._checkpoint)
-
-    def _checkpoint(self) -> None:
-        """On the engine's thread: copy the WAL into the file, then let the next write start it afresh.
-
-        SQLite starts the WAL again from its beginning only when a write begins after a checkpoint
-        copied every frame, and no checkpoint is running; a writer that never stops would
-        otherwise grow it without end (measured: 90 MB in 6,000 sends, each read slower as it grew).
-        So the bulk is copied while writes go on, then writes wait (queued, the loop is not
-        blocked) for a second pass over the few frames written meanwhile.
-        """
-        try:
-            if self._checkpointer is None:
-                self._checkpointer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-                self._checkpointer.execute("PRAGMA busy_timeout=5000")
-            # PASSIVE: copies what no reader still needs, never waits for (or blocks) the writer.
-            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            with self._queue_lock:
-                self._writes_paused = True
-                while self._batch_running:
-                    self._batch_done.wait()
-            try:
-                if not self._closed:
-                    self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            finally:
-                with self._queue_lock:
-                    self._writes_paused = False
-                    resume = bool(self._queue) and not self._draining
-                    if resume:
-                        self._draining = True
-                        loop = self._queue[0].loop
-                if resume:
-                    try:
-                        loop.call_soon_threadsafe(self._drain)
-                    except RuntimeError:  # that loop is closed; its callers are gone
-                        with self._queue_lock:
-                            self._draining = False
-        except sqlite3.Error:
-            log.exception("checkpointing the database failed; will try again")
-        finally:
-            self._checkpointing = False
 
     def _run_batch(self, batch: list[_Call]) -> list[tuple[_Call, Any, BaseException | None]]:
         connection = self._connect()
@@ -319,8 +228,6 @@ class SqliteEngine:
             connection.execute(f"PRAGMA synchronous={self.synchronous}")
             connection.execute("PRAGMA busy_timeout=5000")
             connection.execute("PRAGMA foreign_keys=ON")
-            if self.on_loop:  # checkpoints are the engine thread's (_checkpoint), never a commit's on the loop
-                connection.execute("PRAGMA wal_autocheckpoint=0")
             connection.execute(
                 "CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
             )
@@ -361,13 +268,9 @@ class SqliteEngine:
         self._closed = True
 
         def shut() -> None:
-            if self._checkpointer is not None:
-                self._checkpointer.close()
-                self._checkpointer = None
-            with self._connection_lock:
-                if self._connection is not None:
-                    self._connection.close()  # the last connection checkpoints the WAL into the file
-                    self._connection = None
+            if self._connection is not None:
+                self._connection.close()  # the last connection checkpoints the WAL into the file
+                self._connection = None
 
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, shut)
@@ -380,13 +283,6 @@ class _Call:
     write: bool
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:  # the engine's own thread
-        return None
 
 
 def _settle(answers: list[tuple[_Call, Any, BaseException | None]]) -> None:

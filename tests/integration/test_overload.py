@@ -15,9 +15,7 @@ from tests.conftest import make_settings
 
 
 async def test_a_send_past_the_budget_is_refused_with_a_hint_and_can_be_sent_again(aiohttp_client: Any) -> None:
-    # synchronous=FULL runs the embedded engine on its own thread (NORMAL runs it on the event
-    # loop), so the test can hold the database without holding the loop.
-    settings = make_settings(chat={"sends_in_flight_max": 1}, sqlite={"synchronous": "FULL"})
+    settings = make_settings(chat={"sends_in_flight_max": 1})
     app = create_app(settings, run_pipeline=False)
     client = await aiohttp_client(app)
     container = app[CONTAINER]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -48,58 +47,23 @@ async def test_an_engine_that_cannot_open_its_file_answers_every_caller(tmp_path
     await engine.close()
 
 
-@pytest.mark.parametrize("on_loop", [True, False], ids=["on-the-loop", "on-its-thread"])
-async def test_both_executors_keep_every_call_atomic_and_share_commits(tmp_path: Path, on_loop: bool) -> None:
-    engine = SqliteEngine(tmp_path / "db.sqlite3", on_loop=on_loop)
+async def test_calls_that_queue_while_the_thread_is_busy_share_commits(tmp_path: Path) -> None:
+    engine = SqliteEngine(tmp_path / "db.sqlite3")
     await engine.run(lambda c: c.execute("CREATE TABLE t (n INTEGER PRIMARY KEY)"))
     commits = engine.commits
-
-    def insert(n: int) -> Any:
-        def work(c: Connection) -> int:
-            c.execute("INSERT INTO t (n) VALUES (?)", (n,))
-            if n == 7:
-                raise Refused(n)
-            return n
-
-        return work
-
-    results = await asyncio.gather(*(engine.run(insert(n)) for n in range(40)), return_exceptions=True)
-    assert [r for r in results if not isinstance(r, Refused)] == [n for n in range(40) if n != 7]
-    assert await engine.run(lambda c: c.execute("SELECT count(*) FROM t").fetchone()[0], write=False) == 39
-    if on_loop:  # issued in one turn of the loop: one transaction for all forty
-        assert engine.commits - commits == 1
-    else:  # the thread starts on the first at once; the rest queue behind it
-        assert engine.commits - commits < 40
+    await asyncio.gather(*(engine.run(lambda c, n=n: c.execute("INSERT INTO t VALUES (?)", (n,))) for n in range(40)))
+    assert await engine.run(lambda c: c.execute("SELECT count(*) FROM t").fetchone()[0], write=False) == 40
+    assert engine.commits - commits < 40  # the first runs at once; those queued behind it share transactions
     await engine.close()
 
 
-async def test_on_the_loop_the_wal_stays_bounded_while_writes_never_stop(tmp_path: Path) -> None:
-    # SQLite restarts the WAL only when a write begins after a checkpoint has copied every frame;
-    # the engine checkpoints on its thread and holds writes back for the last pass, so a writer
-    # that never pauses does not grow it without end (without that: ~9 MB here, 90 MB in 6,000 sends).
+async def test_a_hook_runs_once_per_write_transaction_after_its_calls(tmp_path: Path) -> None:
     engine = SqliteEngine(tmp_path / "db.sqlite3")
-    assert engine.on_loop
-    await engine.run(lambda c: c.execute("CREATE TABLE t (n INTEGER PRIMARY KEY, body TEXT)"))
-    row = "x" * 1000
-    for n in range(2000):
-        await engine.run(lambda c, n=n: c.execute("INSERT INTO t VALUES (?, ?)", (n, row)))
-    wal = tmp_path / "db.sqlite3-wal"
-    assert wal.stat().st_size < 3 * 1024 * 1024  # 2,000 commits of a 4 KiB page at least: 8 MB unchecked
-    assert await engine.run(lambda c: c.execute("SELECT count(*) FROM t").fetchone()[0], write=False) == 2000
-    await engine.close()
-
-
-async def test_on_the_loop_callers_on_another_threads_loop_are_answered_too(tmp_path: Path) -> None:
-    engine = SqliteEngine(tmp_path / "db.sqlite3")
-    await engine.run(lambda c: c.execute("CREATE TABLE t (n INTEGER)"))
-
-    async def elsewhere() -> int:
-        await asyncio.gather(
-            *(engine.run(lambda c, n=n: c.execute("INSERT INTO t VALUES (?)", (n,))) for n in range(10))
-        )
-        return int(await engine.run(lambda c: c.execute("SELECT count(*) FROM t").fetchone()[0], write=False))
-
-    assert await asyncio.to_thread(asyncio.run, elsewhere()) == 10
-    await engine.run(lambda c: c.execute("INSERT INTO t VALUES (10)"))
-    assert await engine.run(lambda c: c.execute("SELECT count(*) FROM t").fetchone()[0], write=False) == 11
+    await engine.run(lambda c: c.execute("CREATE TABLE t (n INTEGER PRIMARY KEY)"))
+    seen: list[int] = []
+    engine.before_commit(lambda c: seen.append(int(c.execute("SELECT count(*) FROM t").fetchone()[0])))
+    await asyncio.gather(*(engine.run(lambda c, n=n: c.execute("INSERT INTO t VALUES (?)", (n,))) for n in range(10)))
+    await engine.run(lambda c: c.execute("SELECT 1").fetchone(), write=False)  # a read commits nothing
+    # Every transaction but the CREATE (before the hook) ran it, each after its writes.
+    assert len(seen) == engine.commits - 1 and seen[-1] == 10
     await engine.close()
