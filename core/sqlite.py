@@ -101,6 +101,10 @@ class SqliteEngine:
     second thread. It made a bare relay that stores each message 1.3x faster, but the messenger
     no faster at saturation (2,406-2,606 against 2,449-2,754 deliveries per CPU-second), and its
     delivery p99 at half of saturation went from 10 to 92 ms, so the engine keeps its thread.
+    Reads alone on the loop, from read-only connections, did the same to the p99 (105-110 against
+    11 ms) and saved nothing: a connection on the loop thread can meet a lock held by another
+    (the WAL being reset, a checkpoint), and SQLite's busy handler then sleeps there, in
+    steps of up to 100 ms, with every socket waiting.
     """
 
     def __init__(self, path: str | Path, *, synchronous: str = "NORMAL") -> None:
