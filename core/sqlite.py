@@ -102,9 +102,9 @@ class SqliteEngine:
     no faster at saturation (2,406-2,606 against 2,449-2,754 deliveries per CPU-second), and its
     delivery p99 at half of saturation went from 10 to 92 ms, so the engine keeps its thread.
     Reads alone on the loop, from read-only connections, did the same to the p99 (105-110 against
-    11 ms) and saved nothing: a connection on the loop thread can meet a lock held by another
-    (the WAL being reset, a checkpoint), and SQLite's busy handler then sleeps there, in
-    steps of up to 100 ms, with every socket waiting.
+    11 ms) and saved nothing. The likely cause, not confirmed: a connection on the loop thread
+    that meets a lock held by another (the WAL being reset, a checkpoint) waits in SQLite's busy
+    handler, which sleeps in steps of up to 100 ms, with every socket waiting.
     """
 
     def __init__(self, path: str | Path, *, synchronous: str = "NORMAL") -> None:
