@@ -89,6 +89,9 @@ def _changeable(message: Message) -> Doc:
         "edited_at": message.edited_at,
         "deleted": message.deleted,
         "updated_seq": message.updated_seq,
+        # Whether an edit, a deletion or a moderator changed it since it was sent: what the partial
+        # index of changed messages holds (MongoDB cannot index a comparison of two fields).
+        "changed": message.updated_seq > message.seq,
         "flagged": message.flagged,
         "flag_reasons": list(message.flag_reasons),
         "held": message.held,
@@ -242,9 +245,19 @@ class MongoMessageStore:
         await m.create_index(
             [("sender_id", ASCENDING), ("client_id", ASCENDING)], unique=True, name="sender_client_id_unique"
         )
+        # Only changed messages: a reconnect's sync finds the few changed since its seq without
+        # walking the index entries of every newer message (as SQLite's partial index does).
+        earlier = await m.index_information()
         await m.create_index(
-            [("conversation_id", ASCENDING), ("updated_seq", ASCENDING)], name="conversation_updated_seq"
+            [("conversation_id", ASCENDING), ("updated_seq", ASCENDING)],
+            name="conversation_changed",
+            partialFilterExpression={"changed": True},
         )
+        if "conversation_updated_seq" in earlier:  # stored by an earlier version: mark its changed messages, once
+            await m.update_many(
+                {"changed": {"$exists": False}, "$expr": {"$gt": ["$updated_seq", "$seq"]}}, {"$set": {"changed": True}}
+            )
+            await m.drop_index("conversation_updated_seq")
         # The words each participant may see, in the message document itself (written by the same
         # insert or update as the message, so search costs a send no call); a multikey index answers
         # "all these words for this viewer" on a replica set and in process alike. The collection
@@ -391,7 +404,12 @@ class MongoMessageStore:
         if after_seq is not None:
             changed = (
                 self._messages.find(
-                    {"conversation_id": conversation_id, "seq": {"$lte": after_seq}, "updated_seq": {"$gt": after_seq}},
+                    {
+                        "conversation_id": conversation_id,
+                        "changed": True,
+                        "seq": {"$lte": after_seq},
+                        "updated_seq": {"$gt": after_seq},
+                    },
                     NOT_READ,
                 )
                 .sort("seq", ASCENDING)

@@ -313,3 +313,25 @@ async def test_messages_stored_before_search_keys_get_theirs_at_start(stores: St
     assert [m.id for m in await stores.messages.search("bob", ["logo"], conversation_id=None, limit=5)] == [masked.id]
     assert await stores.messages.search("bob", ["415"], conversation_id=None, limit=5) == []
     assert [m.id for m in await stores.messages.search("alice", ["415"], conversation_id=None, limit=5)] == [masked.id]
+
+
+async def test_changed_messages_stored_by_an_earlier_version_are_found_by_a_sync(stores: Stores) -> None:
+    if not isinstance(stores.database, MongoDatabase):
+        pytest.skip("SQLite's partial index compares the two seqs itself; MongoDB's needs the `changed` mark")
+    c = await conversation(stores)
+    first, second = message(c.id, 1), message(c.id, 2)
+    for m in (first, second):
+        await stores.messages.insert(m, [], conversation=c)
+    await stores.messages.save_change(replace(first, text="edited", updated_seq=3), [], conversation=c)
+    changed, _ = await stores.messages.page(c.id, after_seq=2, before_seq=None, limit=10)
+    assert [m.text for m in changed] == ["edited"]
+    # As an earlier version stored it: no `changed` mark, and its index of every message by updated_seq.
+    raw = stores.database.db["messages"]
+    await raw.update_many({}, {"$unset": {"changed": ""}})
+    await raw.drop_index("conversation_changed")
+    await raw.create_index([("conversation_id", 1), ("updated_seq", 1)], name="conversation_updated_seq")
+    assert (await stores.messages.page(c.id, after_seq=2, before_seq=None, limit=10))[0] == []
+    await stores.messages.ensure_schema()
+    changed, _ = await stores.messages.page(c.id, after_seq=2, before_seq=None, limit=10)
+    assert [m.text for m in changed] == ["edited"]
+    assert "conversation_updated_seq" not in await raw.index_information()

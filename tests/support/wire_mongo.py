@@ -42,8 +42,8 @@ class WireMongo:
     """The embedded engine behind MongoDB's wire protocol (OP_MSG, plus OP_QUERY for the first hello).
 
     It answers the commands the service's stores send (find, insert, update, findAndModify, delete,
-    createIndexes, aggregate, count) on its own event loop thread; running one command at a time
-    gives every command the single-document atomicity the stores rely on.
+    createIndexes, listIndexes, dropIndexes, aggregate, count) on its own event loop thread; running
+    one command at a time gives every command the single-document atomicity the stores rely on.
     """
 
     def __init__(self) -> None:
@@ -178,6 +178,15 @@ class WireMongo:
             for index in cmd["indexes"]:
                 options = {key: value for key, value in index.items() if key not in ("key", "v")}
                 await coll.create_index(list(index["key"].items()), **options)
+            return {}
+        if name == "listindexes":
+            info = await coll.index_information()
+            specs = [{"v": 2, "name": index_name, **spec} for index_name, spec in info.items()]
+            for spec in specs:
+                spec["key"] = dict(spec["key"])
+            return {"cursor": {"firstBatch": specs, "id": bson.Int64(0), "ns": namespace}}
+        if name == "dropindexes":
+            await coll.drop_index(cmd["index"])
             return {}
         if name == "count":
             return {"n": await coll.count_documents(cmd.get("query", {}))}
