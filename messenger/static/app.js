@@ -60,6 +60,7 @@
     conversationCursor: null,
     filter: 'all',
     inbox: false,              // the server has the contract 1.1 inbox (starred, archived, filters, search)
+    blocks: null,              // the user ids I block (GET /blocks), or null until known
     searchWorks: null,         // false once /search answered 404/405
     current: null,             // the open conversation
     messages: new Map(),       // message id -> message, open conversation only
@@ -151,6 +152,8 @@
     closeConversation();
     state.conversations.clear();
     connect();
+    state.blocks = null;
+    loadBlocks();
     refreshConversations().then(() => (keepOpen ? reopen() : null));
   }
 
@@ -577,6 +580,51 @@
       $('archive').setAttribute('aria-pressed', String(Boolean(conversation.archived)));
     }
     $('deliver').hidden = !(conversation && conversation.order_id && myRoleIn(conversation) === 'seller');
+    renderBlock();
+  }
+
+  /** Block (contract 1.1): my own block of this conversation's other side, and what it means here. */
+  function renderBlock() {
+    const conversation = state.current;
+    const known = Boolean(conversation && state.inbox && state.blocks);
+    const blocking = known && state.blocks.has(counterpartOf(conversation));
+    $('block').hidden = !known;
+    $('block').setAttribute('aria-pressed', String(blocking));
+    const notice = $('block-notice');
+    notice.hidden = !blocking;
+    notice.textContent = blocking
+      ? `You block ${counterpartName(conversation)}: neither of you can send messages here until you unblock.`
+      : '';
+    for (const id of ['composer-text', 'send', 'attach']) $(id).disabled = blocking;
+  }
+
+  async function loadBlocks() {
+    try {
+      const answer = await api('GET', '/blocks');
+      state.blocks = new Set((answer.blocks || []).map((block) => block.user_id));
+    } catch (error) {
+      state.blocks = null;  // an older server has no blocks: the button stays hidden
+      if (!M.isMissingRoute(error)) showError(error);
+    }
+    renderBlock();
+  }
+
+  async function toggleBlock() {
+    const conversation = state.current;
+    if (!conversation || !state.blocks) return;
+    const other = counterpartOf(conversation);
+    try {
+      if (state.blocks.has(other)) {
+        await api('DELETE', `/blocks/${encodeURIComponent(other)}`);
+        state.blocks.delete(other);
+      } else {
+        await api('POST', '/blocks', {user_id: other});
+        state.blocks.add(other);
+      }
+      renderBlock();
+    } catch (error) {
+      showError(error);
+    }
   }
 
   async function openConversation(conversation) {
@@ -1499,6 +1547,7 @@
     }
     $('star').addEventListener('click', () => patchCurrent({starred: !(state.current && state.current.starred)}));
     $('archive').addEventListener('click', () => patchCurrent({archived: !(state.current && state.current.archived)}));
+    $('block').addEventListener('click', toggleBlock);
     $('mark-unread').addEventListener('click', async () => {
       const conversation = state.current;
       if (!conversation) return;

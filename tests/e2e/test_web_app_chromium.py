@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import threading
+import urllib.error
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -544,6 +545,46 @@ def test_star_archive_filters_and_search_work_against_the_server(
         )
         filters.get_by_role("button", name="All").click()
         row.filter(has_text=second_seller).wait_for()
+        assert buyer.problems == []
+    finally:
+        buyer.close()
+
+
+def test_a_buyer_blocks_the_seller_from_the_page_and_nobody_can_send_until_unblocked(
+    service: RunningService,
+    browser: Any,  # noqa: F811
+) -> None:
+    run = uuid.uuid4().hex[:6]
+    buyer_id, seller_id = f"buyer-{run}", f"pushy-seller-{run}"
+    opened = rest(service, buyer_id, "POST", "/conversations", {"buyer_id": buyer_id, "seller_id": seller_id})
+    path = f"/conversations/{opened['id']}/messages"
+    rest(service, seller_id, "POST", path, {"client_id": f"{run}-1", "text": "buy my other gigs"})
+    buyer = Person(browser, service, buyer_id, viewport=(390, 740))  # on a phone, where people block
+    try:
+        page = buyer.page
+        page.get_by_role("list", name="Conversations").get_by_role("button", name=re.compile(seller_id)).click()
+        messages(buyer).filter(has_text="buy my other gigs").wait_for()
+        block = page.get_by_role("button", name="Block", exact=True)
+        block.click()
+        page.wait_for_selector("#block[aria-pressed='true']")
+        notice = page.get_by_role("status").filter(has_text="neither of you can send messages here")
+        notice.wait_for()
+        assert page.get_by_role("button", name="Send", exact=True).is_disabled()
+        assert page.get_by_role("textbox", name="Message", exact=True).is_disabled()
+        check_accessibility(buyer, "a conversation the buyer blocks, on a phone")
+        screenshot(buyer, "phone-blocked")
+        assert [b["user_id"] for b in rest(service, buyer_id, "GET", "/blocks")["blocks"]] == [seller_id]
+        # The other side is refused by the server, not only by this page.
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            rest(service, seller_id, "POST", path, {"client_id": f"{run}-2", "text": "hello?"})
+        assert refused.value.code == 403 and json.loads(refused.value.read())["error"]["code"] == "blocked"
+
+        block.click()
+        page.wait_for_selector("#block[aria-pressed='false']")
+        notice.wait_for(state="hidden")
+        send(buyer, f"fine, what is it {run}")
+        messages(buyer).filter(has_text=f"fine, what is it {run}").wait_for()
+        assert rest(service, buyer_id, "GET", "/blocks")["blocks"] == []
         assert buyer.problems == []
     finally:
         buyer.close()
