@@ -310,17 +310,15 @@ def _insert_with_events(c: Connection, message: Message, events: Sequence[Event]
 class SqliteMessageStore:
     def __init__(self, engine: SqliteEngine) -> None:
         self._engine = engine
-        # Messages stored and not indexed yet, by rowid, and their conversations' participants: what
-        # indexing them needs without reading each back (the store's `indexed_upto` says which are due).
-        self._unindexed: dict[int, Message] = {}
-        self._pairs: dict[str, tuple[str, str]] = {}
+        # Messages stored and not indexed yet, by rowid, with their conversation's participants when
+        # the writer had them: what indexing them needs without reading each back (the store's
+        # `indexed_upto` says which are due).
+        self._unindexed: dict[int, tuple[Message, tuple[str, str] | None]] = {}
         self._unindexed_since: float | None = None
         engine.before_commit(self._index_when_due)
 
     def _stored(self, rowid: int, message: Message, pair: tuple[str, str] | None) -> None:
-        self._unindexed[rowid] = message
-        if pair is not None:
-            self._pairs[message.conversation_id] = pair
+        self._unindexed[rowid] = (message, pair)
         if self._unindexed_since is None:
             self._unindexed_since = time.monotonic()
 
@@ -335,28 +333,15 @@ class SqliteMessageStore:
         """Index every message past `indexed_upto`, in this transaction, and move it past them."""
         upto = int(c.execute("SELECT indexed_upto FROM message_search_progress").fetchone()[0])
         known, self._unindexed, self._unindexed_since = self._unindexed, {}, None
-        rows = c.execute(
-            "SELECT rowid, id, conversation_id FROM messages WHERE rowid > ? ORDER BY rowid", (upto,)
-        ).fetchall()
-        for rowid, message_id, conversation_id in rows:
-            message = known.get(rowid)
+        rows = c.execute("SELECT rowid, id FROM messages WHERE rowid > ? ORDER BY rowid", (upto,)).fetchall()
+        for rowid, message_id in rows:
+            message, pair = known.get(rowid, (None, None))
             if message is None or message.id != message_id:  # not stored by this process since it started
                 body = c.execute("SELECT body FROM messages WHERE rowid = ?", (rowid,)).fetchone()[0]
-                message = MESSAGE.loads(body)
-            _index_message(c, message, rowid, pair=self._pair(c, conversation_id), fresh=True)
+                message, pair = MESSAGE.loads(body), None
+            _index_message(c, message, rowid, pair=pair, fresh=True)  # without a pair, it reads the pair
         if rows:
             c.execute("UPDATE message_search_progress SET indexed_upto = ?", (rows[-1][0],))
-        if len(self._pairs) > 10_000:  # a cache of who is in which conversation, not a copy of them all
-            self._pairs.clear()
-
-    def _pair(self, c: Connection, conversation_id: str) -> tuple[str, str] | None:
-        pair = self._pairs.get(conversation_id)
-        if pair is None:
-            row = c.execute("SELECT buyer_id, seller_id FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
-            if row is None:
-                return None
-            pair = self._pairs[conversation_id] = (row[0], row[1])
-        return pair
 
     async def ensure_schema(self) -> None:
         await self._engine.migrate("chat", SCHEMA)
