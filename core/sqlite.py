@@ -197,8 +197,7 @@ class SqliteEngine:
                 else:
                     connection.execute("RELEASE call")
                     answers.append((call, value, None))
-            for hook in self._before_commit:
-                hook(connection)
+            self._run_before_commit(connection)
             connection.execute("COMMIT")
             self.commits += 1
         except BaseException as exc:  # the transaction itself failed: nothing of the batch is stored
@@ -207,14 +206,17 @@ class SqliteEngine:
             return [(call, None, exc) for call in batch]
         return answers
 
+    def _run_before_commit(self, connection: Connection) -> None:
+        for hook in self._before_commit:
+            hook(connection)
+
     def _transaction(self, connection: Connection, work: Callable[[Connection], T], write: bool) -> T:
         # IMMEDIATE takes the write lock up front, so a writer never fails half-way on a busy lock.
         connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
             result = work(connection)
             if write:
-                for hook in self._before_commit:
-                    hook(connection)
+                self._run_before_commit(connection)
         except BaseException:
             connection.execute("ROLLBACK")
             raise
@@ -485,7 +487,8 @@ class SqliteCheckpoints:
         self._migrated = False
 
     async def _ready(self) -> SqliteEngine:
-        # Only a process that relays needs the table, so it is made on first use, not at every start.
+        # The table is made by the first call (a projection's `ensure` at start, or the relay's), so
+        # the checkpoints need no ensure_schema of their own.
         if not self._migrated:
             await self._engine.migrate("relay", CHECKPOINTS_SCHEMA)
             self._migrated = True
