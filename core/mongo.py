@@ -242,20 +242,15 @@ class Outbox:
             ids.append(doc_id)
             event_ids += [e["id"] for e in event_docs]
         for collection, (ids, event_ids) in by_collection.items():
-            # Each document holds only its own events, so pulling all the batch's ids from each is exact.
+            # Each document holds only its own events, so pulling all the batch's ids from each is
+            # exact; $pull by id, not $unset: events pushed meanwhile by another write must stay.
             await self._db[collection].update_many(
                 {"_id": {"$in": ids}}, {"$pull": {OUTBOX_FIELD: {"id": {"$in": event_ids}}}}
             )
 
-    async def _move(self, collection: str, doc_id: Any, event_docs: Sequence[Mapping[str, Any]]) -> None:
-        if not event_docs:
-            return
-        await self._log.append([event_from_doc(e) for e in event_docs])
-        # $pull by id, not $unset: events pushed meanwhile by another write must stay.
-        await self._db[collection].update_one(
-            {"_id": doc_id},
-            {"$pull": {OUTBOX_FIELD: {"id": {"$in": [e["id"] for e in event_docs]}}}},
-        )
+    async def _move(self, collection: str, doc_id: Any, event_docs: Sequence[Doc]) -> None:
+        if event_docs:
+            await self._move_many([(collection, doc_id, list(event_docs))])
 
     async def sweep(self) -> int:
         """Append events stranded by a crash between a write and its flush; returns how many docs."""
