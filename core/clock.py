@@ -19,6 +19,12 @@ def iso(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def from_iso(text: str) -> datetime:
+    """The time `iso` wrote, back as an aware datetime (text without an offset is taken as UTC)."""
+    moment = datetime.fromisoformat(text)  # Python 3.11 reads the trailing "Z" itself
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 def epoch_ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 

@@ -25,6 +25,7 @@ from typing import Any
 from pymongo import ReturnDocument
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from core.clock import from_iso
 from core.events import Event
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def event_doc(event: Event) -> Doc:
 def event_from_doc(doc: Mapping[str, Any]) -> Event:
     occurred = doc["occurred_at"]
     if isinstance(occurred, str):  # written by an earlier version as ISO text
-        occurred = datetime.fromisoformat(occurred.replace("Z", "+00:00"))
+        occurred = from_iso(occurred)
     return Event(
         id=doc["id"],
         type=doc["type"],

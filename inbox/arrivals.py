@@ -10,10 +10,11 @@ or a reminder would see (ReminderStore.note_messages). Reads that depend on it a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from config.settings import InboxSettings
 from core.checkpoints import Checkpoints
+from core.clock import from_iso
 from core.events import Event, EventLog
 from core.projection import ProjectionRunner
 from inbox.model import MessageNote
@@ -52,7 +53,7 @@ class Arrivals:
     def _note(self, event: Event) -> MessageNote | None:
         data = event.data
         try:
-            at = datetime.fromisoformat(data["created_at"].replace("Z", "+00:00"))
+            at = from_iso(data["created_at"])
             return MessageNote(
                 conversation_id=data["conversation_id"],
                 sender_id=data["sender_id"],

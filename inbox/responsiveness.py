@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 
 from chat.service import ChatService
 from config.settings import InboxSettings
-from core.clock import Clock, SystemClock
+from core.clock import Clock, SystemClock, from_iso
 from core.events import Event, EventLog, new_event
 from core.views import View
 from inbox.model import FirstAnswer
@@ -94,7 +94,7 @@ class ResponseStats:
         if pair is None:
             return None
         buyer, seller = pair
-        at = datetime.fromisoformat(data["created_at"]) if data.get("created_at") else event.occurred_at
+        at = from_iso(data["created_at"]) if data.get("created_at") else event.occurred_at
         if int(data.get("seq", 0)) == 1:
             if sender == buyer:
                 await self._store.started(conversation_id, seller, buyer, at)
