@@ -118,6 +118,34 @@ async def keep_sending(person: Person, conversation_id: str, acked: list[dict[st
         n += 1
 
 
+async def stop_while_sending(
+    service: RunningService,
+    stop_with: signal.Signals,
+    senders: list[tuple[Person, str, str]],
+    *,
+    ready: Any = None,
+) -> list[dict[str, Any]]:
+    """Each (person, conversation, prefix) sends at full speed; once 40 sends are acknowledged (and
+    `ready` has returned, if given), the signal lands. Returns every acknowledged send."""
+    streams: list[list[dict[str, Any]]] = [[] for _ in senders]
+    writers = [
+        asyncio.create_task(keep_sending(person, cid, stream, prefix))
+        for (person, cid, prefix), stream in zip(senders, streams, strict=True)
+    ]
+    if ready is not None:
+        await ready()
+    await eventually(lambda: sum(len(stream) for stream in streams) >= 40)
+    service.process.send_signal(stop_with)
+    # A stopping service closes the websockets it holds instead of waiting for its clients to
+    # leave (aiohttp's graceful shutdown would wait a minute), so it is gone while they are
+    # still connected and sending.
+    await asyncio.to_thread(service.process.wait, 20)
+    for person, _, _ in senders:
+        await person.close()
+    await asyncio.wait_for(asyncio.gather(*writers), timeout=30)
+    return [message for stream in streams for message in stream]
+
+
 @pytest.mark.parametrize("stop_with", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
 async def test_every_acknowledged_write_survives_a_restart(tmp_path: Path, stop_with: signal.Signals) -> None:
     service = start_service(tmp_path)
@@ -162,21 +190,7 @@ async def test_every_acknowledged_write_survives_a_restart(tmp_path: Path, stop_
             {"conversation_id": cid, "filename": "later.png", "size": len(later), "content_type": "image/png"},
         )
         # Two writers at full speed when the signal lands.
-        streams: list[list[dict[str, Any]]] = [[], []]
-        writers = [
-            asyncio.create_task(keep_sending(buyer, cid, streams[0], "x")),
-            asyncio.create_task(keep_sending(seller, cid, streams[1], "y")),
-        ]
-        await eventually(lambda: len(streams[0]) + len(streams[1]) >= 40)
-        service.process.send_signal(stop_with)
-        # A stopping service closes the websockets it holds instead of waiting for its clients to
-        # leave (aiohttp's graceful shutdown would wait a minute), so it is gone while they are
-        # still connected and sending.
-        await asyncio.to_thread(service.process.wait, 20)
-        for person in (buyer, seller):
-            await person.close()
-        await asyncio.wait_for(asyncio.gather(*writers), timeout=30)
-        acked += streams[0] + streams[1]
+        acked += await stop_while_sending(service, stop_with, [(buyer, cid, "x"), (seller, cid, "y")])
     finally:
         stop_service(service)
 
@@ -312,20 +326,13 @@ async def test_the_kafka_relay_resumes_after_a_restart_and_loses_no_acknowledged
         cids = [open_conversation(service, "buyer", "seller", f"order-{n}") for n in (1, 2)]
         buyer = await Person(service, "buyer").connect()
         seller = await Person(service, "seller").connect()
-        streams: list[list[dict[str, Any]]] = [[], []]
-        writers = [
-            asyncio.create_task(keep_sending(buyer, cids[0], streams[0], "x")),
-            asyncio.create_task(keep_sending(seller, cids[1], streams[1], "y")),
-        ]
         # Killed mid-stream: the relay has published part of the log and is publishing more.
-        await on_kafka(at_least=20, within=20)
-        await eventually(lambda: len(streams[0]) + len(streams[1]) >= 40)
-        service.process.send_signal(stop_with)
-        await asyncio.to_thread(service.process.wait, 20)
-        for person in (buyer, seller):
-            await person.close()
-        await asyncio.wait_for(asyncio.gather(*writers), timeout=30)
-        acked += streams[0] + streams[1]
+        acked += await stop_while_sending(
+            service,
+            stop_with,
+            [(buyer, cids[0], "x"), (seller, cids[1], "y")],
+            ready=lambda: on_kafka(at_least=20, within=20),
+        )
     finally:
         stop_service(service)
     before_restart = {r.value["id"] for r in sent_on_kafka(await read_topics(tansu.bootstrap, topics))}
