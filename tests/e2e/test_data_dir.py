@@ -26,6 +26,7 @@ from PIL import Image
 from scanner.embedded import find_clamd_binary
 from tests.e2e.conftest import REPO, RunningService, free_port, start_service, stop_service
 from tests.e2e.test_chat_python_client import open_conversation, rest
+from tests.support.processes import process_gone
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -90,19 +91,6 @@ def pid_in(path: Path) -> int:
     return int(path.read_text().strip())
 
 
-def dead(pid: int, within: float = 5) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1]
-        except OSError:
-            return True
-        if state == "Z":
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.fixture
 def clamd_installed() -> None:
     if find_clamd_binary() is None:
@@ -123,8 +111,8 @@ def test_kill_9_of_serve_takes_its_children_and_a_restart_keeps_files_and_scans(
 
         first.process.send_signal(signal.SIGKILL)
         first.process.wait(timeout=5)
-        assert dead(clamd_pid), "clamd outlived messenger serve (kill -9)"
-        assert dead(s3_pid), "the embedded S3 server outlived messenger serve (kill -9)"
+        assert process_gone(clamd_pid), "clamd outlived messenger serve (kill -9)"
+        assert process_gone(s3_pid), "the embedded S3 server outlived messenger serve (kill -9)"
     finally:
         stop_service(first)
 

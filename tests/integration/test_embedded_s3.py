@@ -26,6 +26,7 @@ import pytest
 from attachments.embedded_s3 import SERVER_MODULE, EmbeddedS3, answers_http
 from attachments.storage import S3Storage, StoredPart, UploadGone
 from config.settings import S3Settings
+from tests.support.processes import process_gone
 
 PAGE = "http://127.0.0.1:8080"
 BUCKET = "messenger-attachments"
@@ -267,19 +268,6 @@ asyncio.run(main())
 """
 
 
-def gone(pid: int, within: float) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1]
-        except OSError:
-            return True
-        if state == "Z":
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_the_server_dies_with_its_parent_on_kill_9(tmp_path: Path) -> None:
     parent = subprocess.Popen(
         [sys.executable, "-c", STARTER, str(tmp_path / "s3")], stdout=subprocess.PIPE, env=os.environ.copy()
@@ -287,10 +275,10 @@ def test_the_server_dies_with_its_parent_on_kill_9(tmp_path: Path) -> None:
     try:
         assert parent.stdout is not None
         server_pid = int(parent.stdout.readline())
-        assert not gone(server_pid, 0.2)
+        assert not process_gone(server_pid, 0.2)
         parent.kill()
         parent.wait()
-        assert gone(server_pid, 3), "the S3 server outlived the service that started it"
+        assert process_gone(server_pid, 3), "the S3 server outlived the service that started it"
     finally:
         if parent.poll() is None:
             parent.kill()
