@@ -11,7 +11,9 @@ process, socket.io-client, websocket transport):
               rate: p50/p99 send-to-receive latency (buyer's emit -> seller's `message:new`).
   overload    open loop at --overload-factor (2) x THAT server's saturation rate: deliveries/s
               against saturation, and how the sends beyond capacity were answered (refused with
-              `overloaded`, or acks missing).
+              `overloaded`, or acks missing); for the messenger twice: clients that send on
+              whatever they were answered, then clients that wait out each refusal's
+              `retry_after_ms` as the web app does (bench/load.mjs --refused wait).
   idle        K authenticated connections that do nothing: server RSS per connection.
 
 With --profile, one more messenger saturation run is sampled by py-spy and the hottest frames
@@ -390,6 +392,9 @@ def common(result: dict[str, Any], figures: dict[str, Any]) -> dict[str, Any]:
         "ack_error_codes": result.get("ack_error_codes", {}),
         "ack_error_samples": result["ack_error_samples"],
         "unacked_after_drain": result.get("unacked_after_drain"),
+        "messages": result.get("messages"),
+        "waited_out": result.get("waited_out"),
+        "waiting_after_drain": result.get("waiting_after_drain"),
     }
 
 
@@ -410,10 +415,13 @@ def run_closed_loop(bench: Bench, server: Server, *, profile_to: Path | None = N
     }
 
 
-def run_open_loop(bench: Bench, server: Server, rate: float) -> dict[str, Any]:
-    """Fixed rate: latency percentiles at a load the server is meant to sustain."""
+def run_open_loop(bench: Bench, server: Server, rate: float, *, refused: str = "ignore") -> dict[str, Any]:
+    """Fixed rate: latency percentiles at a load the server is meant to sustain.
+
+    refused="wait": the clients honour a refusal's retry hint (bench/load.mjs --refused).
+    """
     args = bench.args
-    result, figures, timeline = drive(bench, server, "rate", args.rate_seconds, rate=f"{rate:.3f}")
+    result, figures, timeline = drive(bench, server, "rate", args.rate_seconds, rate=f"{rate:.3f}", refused=refused)
     return {
         "pairs": args.pairs,
         "rate": rate,
@@ -606,6 +614,11 @@ def report(bench: Bench) -> str:
         ("overload: other ack errors", ("overload", "other_ack_errors"), ",.0f", False),
         ("overload: acks missing after drain", ("overload", "unacked_after_drain"), ",.0f", False),
         ("overload: ack p99 (ms)", ("overload", "ack_latency", "p99_ms"), ",.1f", False),
+        ("overload, clients wait out hints: del./sat.", ("overload_wait", "kept_of_saturation"), ".2f", False),
+        ("  refused `overloaded`", ("overload_wait", "refused_overloaded"), ",.0f", False),
+        ("  acks missing after drain", ("overload_wait", "unacked_after_drain"), ",.0f", False),
+        ("  sends still waiting in clients", ("overload_wait", "waiting_after_drain"), ",.0f", False),
+        ("  latency p50 from falling due (ms)", ("overload_wait", "latency", "p50_ms"), ",.0f", False),
         ("idle connections open", ("idle", "connections"), ",.0f", False),
         ("server RSS per idle connection (KB)", ("idle", "kb_per_connection"), ".1f", True),
     ]
@@ -659,6 +672,15 @@ def report(bench: Bench) -> str:
             f"  at {args.overload_factor:g}x overload, deliveries >= {GOAL_OVERLOAD_KEPT:.1f}x saturation and no ack"
             f" missing: {kept:.2f}x, {missing} missing, {get(m, 'overload', 'refused_overloaded') or 0:,} refused"
             f" `overloaded` ({'met' if kept >= GOAL_OVERLOAD_KEPT and not missing else 'not met'})"
+        )
+    waited = get(m, "overload_wait", "kept_of_saturation")
+    if waited is not None:
+        missing = get(m, "overload_wait", "unacked_after_drain") or 0
+        lines.append(
+            f"  the same, clients honouring the retry hint: {waited:.2f}x, {missing} missing,"
+            f" {get(m, 'overload_wait', 'refused_overloaded') or 0:,} refused, "
+            f"{get(m, 'overload_wait', 'waiting_after_drain') or 0:,} sends still waiting in clients after the drain"
+            f" ({'met' if waited >= GOAL_OVERLOAD_KEPT and not missing else 'not met'})"
         )
     kb, py_kb = get(m, "idle", "kb_per_connection"), get(py, "idle", "kb_per_connection")
     if kb and py_kb:
@@ -739,18 +761,11 @@ def run_target(bench: Bench, name: str) -> None:
             f"\n== {name}: overload, {offered:,.0f} sends/s offered ({args.overload_factor:g}x saturation), "
             f"{args.warmup}+{args.rate_seconds} s"
         )
-        with bench.server(name, "overload") as server:
-            over = run_open_loop(bench, server, offered)
-        codes = over.get("ack_error_codes") or {}
-        over["refused_overloaded"] = codes.get("overloaded", 0)
-        over["other_ack_errors"] = sum(n for code, n in codes.items() if code != "overloaded")
-        over["kept_of_saturation"] = round(over["deliveries_per_s"] / saturation, 3) if saturation else None
-        run["overload"] = over
-        log(
-            f"  {name}: {over['deliveries_per_s']:,.0f} deliveries/s = {over['kept_of_saturation']}x saturation; "
-            f"ack errors {codes}, acks missing after drain {over.get('unacked_after_drain')}, "
-            f"ack p99 {over['ack_latency']['p99_ms']} ms, other CPU {over['other_cpu_cores']:.2f}"
-        )
+        run["overload"] = run_overload(bench, name, offered, saturation, "ignore")
+        # Relays never refuse, so clients that honour a retry hint behave there as those that do not.
+        if name == "messenger":
+            log("  again, with clients that wait out each refusal's retry hint (as the web app does)")
+            run["overload_wait"] = run_overload(bench, name, offered, saturation, "wait")
 
     if "idle" in args.phases and args.idle > 0:
         log(f"\n== {name}: {args.idle:,} idle connections")
@@ -761,6 +776,22 @@ def run_target(bench: Bench, name: str) -> None:
             f"RSS {idle['rss_before_kb'] / 1024:.1f} -> {idle['rss_after_kb'] / 1024:.1f} MB = "
             f"{fmt(idle['kb_per_connection'], '.1f')} KB per connection"
         )
+
+
+def run_overload(bench: Bench, name: str, offered: float, saturation: float, refused: str) -> dict[str, Any]:
+    with bench.server(name, "overload") as server:
+        over = run_open_loop(bench, server, offered, refused=refused)
+    codes = over.get("ack_error_codes") or {}
+    over["refused_overloaded"] = codes.get("overloaded", 0)
+    over["other_ack_errors"] = sum(n for code, n in codes.items() if code != "overloaded")
+    over["kept_of_saturation"] = round(over["deliveries_per_s"] / saturation, 3) if saturation else None
+    waiting = f", {over['waiting_after_drain']:,} still waiting in the clients" if refused == "wait" else ""
+    log(
+        f"  {name}: {over['deliveries_per_s']:,.0f} deliveries/s = {over['kept_of_saturation']}x saturation; "
+        f"ack errors {codes}, acks missing after drain {over.get('unacked_after_drain')}{waiting}, "
+        f"ack p99 {over['ack_latency']['p99_ms']} ms, other CPU {over['other_cpu_cores']:.2f}"
+    )
+    return over
 
 
 def log_saturation(name: str, sat: dict[str, Any]) -> None:

@@ -13,6 +13,13 @@
 // and socket.io-client do): a server that accepts it keeps zlib state per connection and
 // compresses every frame it sends.
 //
+// --refused wait makes each buyer a client that honours the server's retry hint, as the web app
+// does (messenger/static/app.js): after an `overloaded` or `rate_limited` refusal carrying
+// `retry_after_ms`, that connection sends nothing until the hint (plus up to 25% jitter, doubled
+// for each refusal in a row, at most 5 s) has passed; the refused send and every send falling due meanwhile wait in its queue, in order, and go
+// out with their own client_id when the time comes. Their latency still counts from when they first
+// fell due. With --refused ignore (the default) every send goes out when due, whatever was answered.
+//
 // A "delivery" is a `message:new` received by the seller (the peer) for a message its buyer
 // sent; send-to-receive latency is from just before the buyer's emit to the seller's receipt,
 // both on this process's monotonic clock. The sender's own echo of `message:new` is not counted.
@@ -43,6 +50,7 @@ const opts = parseArgs(process.argv.slice(2), {
   // "on" offers permessage-deflate as browsers do (and as socket.io-client does by default).
   deflate: "on",
   drain: 5,
+  refused: "ignore",
   "max-outstanding": 20000,
   tag: Date.now().toString(36),
 });
@@ -164,7 +172,9 @@ class Run {
     this.pairs = pairs;
     this.sentAt = new Map(); // client_id -> performance.now() at emit
     this.counter = 0;
-    this.sent = 0;
+    this.sent = 0; // emits, a resend included
+    this.messages = 0; // distinct messages (client ids)
+    this.waitedOut = 0; // sends held back by a retry hint, once each time
     this.acked = 0;
     this.ackErrors = 0;
     this.ackErrorCodes = {}; // "timeout" or the refusal's error code -> count
@@ -179,6 +189,9 @@ class Run {
     this.tickDeliveries = 0;
     for (const pair of pairs) {
       pair.outstanding = 0;
+      pair.holdUntil = 0; // --refused wait: nothing goes out before this
+      pair.waiting = []; // --refused wait: sends held back, oldest first
+      pair.flushTimer = null;
       pair.sellerSocket.on("message:new", ({ message }) => this.onDelivery(message));
     }
   }
@@ -189,16 +202,22 @@ class Run {
 
   send(pair, onAck) {
     this.counter += 1;
-    const clientId = `${opts.tag}-${pair.index}-${this.counter}`;
     const started = performance.now();
-    this.sentAt.set(clientId, started);
+    const item = { clientId: `${opts.tag}-${pair.index}-${this.counter}`, n: this.counter, started, onAck };
+    this.sentAt.set(item.clientId, started);
+    this.messages += 1;
+    if (opts.refused === "wait" && (started < pair.holdUntil || pair.waiting.length > 0)) this.holdBack(pair, item);
+    else this.emit(pair, item);
+  }
+
+  emit(pair, item) {
     this.sent += 1;
     pair.outstanding += 1;
     pair.buyerSocket
       .timeout(opts["ack-timeout"] * 1000)
       .emit(
         "message:send",
-        { conversation_id: pair.conversationId, client_id: clientId, text: textOf(this.counter) },
+        { conversation_id: pair.conversationId, client_id: item.clientId, text: textOf(item.n) },
         (err, reply) => {
           pair.outstanding -= 1;
           const now = performance.now();
@@ -207,18 +226,51 @@ class Run {
             const code = err ? "timeout" : String(reply?.error?.code ?? "malformed");
             this.ackErrorCodes[code] = (this.ackErrorCodes[code] ?? 0) + 1;
             if (this.ackErrorSamples.length < 5) this.ackErrorSamples.push(err ? String(err) : reply);
+            const hint = reply?.error?.details?.retry_after_ms;
+            if (!err && opts.refused === "wait" && (code === "overloaded" || code === "rate_limited") && hint > 0) {
+              // Doubling while refusals keep coming, so that the clients together come down to
+              // what the server can take instead of returning in step every hint.
+              pair.refusedInARow += 1;
+              const backoff = Math.min(hint * 2 ** Math.min(pair.refusedInARow - 1, 8), 5000);
+              pair.holdUntil = Math.max(pair.holdUntil, now + backoff * (1 + Math.random() * 0.25));
+              this.holdBack(pair, item);
+              return;
+            }
             // A refused send is never delivered; a timed-out one still may be, so keep waiting for it.
-            if (!err) this.sentAt.delete(clientId);
+            if (!err) this.sentAt.delete(item.clientId);
           } else {
             this.acked += 1;
-            if (this.inWindow(started)) {
+            pair.refusedInARow = 0;
+            if (this.inWindow(item.started)) {
               this.windowAcks += 1;
-              this.ackLatencies.push(now - started);
+              this.ackLatencies.push(now - item.started);
             }
           }
-          if (onAck) onAck();
+          if (item.onAck) item.onAck();
         },
       );
+  }
+
+  // Queue a send until the pair's hint has passed (in order of first falling due) and make sure a
+  // timer will send the queue then.
+  holdBack(pair, item) {
+    this.waitedOut += 1;
+    let at = pair.waiting.length;
+    while (at > 0 && pair.waiting[at - 1].n > item.n) at -= 1;
+    pair.waiting.splice(at, 0, item);
+    if (pair.flushTimer === null) {
+      pair.flushTimer = setTimeout(() => this.flush(pair), Math.max(0, pair.holdUntil - performance.now()));
+    }
+  }
+
+  flush(pair) {
+    pair.flushTimer = null;
+    const wait = pair.holdUntil - performance.now();
+    if (wait > 0) {
+      pair.flushTimer = setTimeout(() => this.flush(pair), wait);
+      return;
+    }
+    for (const item of pair.waiting.splice(0)) this.emit(pair, item);
   }
 
   onDelivery(message) {
@@ -266,6 +318,7 @@ class Run {
     const deadline = performance.now() + opts.drain * 1000;
     while (this.sentAt.size > 0 && performance.now() < deadline) await sleep(50);
     clearInterval(this.ticker);
+    for (const pair of this.pairs) clearTimeout(pair.flushTimer); // what still waits is reported, not sent
   }
 
   result(extra) {
@@ -279,6 +332,9 @@ class Run {
       latency: summarise(this.latencies),
       ack_latency: summarise(this.ackLatencies),
       sent: this.sent,
+      messages: this.messages,
+      waited_out: this.waitedOut,
+      waiting_after_drain: this.pairs.reduce((n, pair) => n + pair.waiting.length, 0),
       delivered: this.delivered,
       undelivered_after_drain: this.sentAt.size,
       ack_errors: this.ackErrors,
