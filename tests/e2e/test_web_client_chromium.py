@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import shutil
 import urllib.error
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import RunningService, start_service, stop_service
+from tests.e2e.conftest import REPO, RunningService, start_service, stop_service
 
 pytestmark = pytest.mark.e2e
 
@@ -36,6 +37,13 @@ UI_TIMEOUT_MS = 15_000
 # The industry-standard test file every scanner reports; harmless.
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 SCAN_TIMEOUT_MS = 25_000
+AXE = REPO / "web/node_modules/axe-core/axe.min.js"
+AXE_RUN = """async () => {
+  const result = await axe.run(document, {resultTypes: ['violations']});
+  return result.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical')
+    .map((v) => ({id: v.id, impact: v.impact, help: v.help,
+                  nodes: v.nodes.slice(0, 3).map((n) => n.target.join(' '))}));
+}"""
 
 
 # Runs in the page through the DevTools protocol (which the page's CSP does not govern).
@@ -171,6 +179,16 @@ class Person:
 
     def close(self) -> None:
         self.context.close()
+
+
+def check_accessibility(person: Person, screen: str) -> None:
+    """axe-core, evaluated through the DevTools protocol (the page's CSP would refuse an injected script)."""
+    if not AXE.is_file():
+        pytest.fail(f"{AXE} is missing; install it with: npm ci --prefix web")
+    if person.page.evaluate("typeof window.axe") != "object":
+        person.page.evaluate(AXE.read_text())
+    violations = person.page.evaluate(AXE_RUN)
+    assert violations == [], f"{screen}: {json.dumps(violations, indent=1)}"
 
 
 def sha256(data: bytes) -> str:
