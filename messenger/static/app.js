@@ -75,7 +75,11 @@
     attachments: new Map(),    // attachment id -> latest attachment object seen
     deliveries: new Map(),     // delivery id -> delivery
     deliveryFetches: new Map(),
-    pending: new Map(),        // client_id -> {payload, element} of sends not yet acknowledged
+    pending: new Map(),        // client_id -> send (see sendComposed) of sends not yet acknowledged
+    typed: 0,                  // sends composed in this tab so far: each send's place in the order typed
+    retryAt: 0,                // performance.now() before which this tab sends no message (a refusal's hint)
+    held: [],                  // sends waiting for retryAt or for those before them, in the order typed
+    draining: false,
     pollTimer: null,
     typing: {sentAt: 0, idleTimer: null, hideTimer: null},
     presence: new Map(),
@@ -149,6 +153,7 @@
     $('signin').hidden = true;
     $('inbox').hidden = false;
     if (sameUser && state.socket) return;  // a refreshed token for the same person: the socket's auth() reads it
+    forgetHeldSends();
     closeConversation();
     state.conversations.clear();
     connect();
@@ -161,6 +166,7 @@
     M.storedToken.clear();
     sessionStorage.removeItem(OPEN_KEY);
     disconnect();
+    forgetHeldSends();
     closeConversation();
     state.token = '';
     state.me = null;
@@ -641,6 +647,12 @@
     $('presence').textContent = '';
     renderChatActions();
     renderConversations();
+    // Sends of this conversation still waiting out a busy hint come back with their countdown.
+    for (const send of state.held) {
+      if (send.payload.conversation_id !== conversation.id) continue;
+      state.pending.set(send.payload.client_id, send);
+      $('messages').append(send.element);
+    }
     try {
       const page = await api('GET', `/conversations/${encodeURIComponent(conversation.id)}/messages?limit=${HISTORY_PAGE}`);
       if (state.current !== conversation) return;
@@ -931,30 +943,102 @@
     ]);
     $('messages').append(element);
     $('scroller').scrollTop = $('scroller').scrollHeight;
-    state.pending.set(payload.client_id, {payload, element});
-    await deliver(payload);
+    // `user`: a send outlives its conversation on screen, but never its sender's sign-in.
+    state.typed += 1;
+    const send = {payload, element, user: state.me, order: state.typed, refusals: 0, since: 0};
+    state.pending.set(payload.client_id, send);
+    submit(send);
+  }
+
+  /**
+   * Out at once, unless this tab was told to wait: then it waits for the same moment, behind the
+   * sends held before it, so the tab honours the hint for all its traffic and keeps the typed order.
+   */
+  function submit(send) {
+    if (state.held.length || state.draining || performance.now() < state.retryAt) hold(send);
+    else deliver(send);
   }
 
   /** Send (or re-send: the same client_id never makes a second message) and settle the pending bubble. */
-  async function deliver(payload) {
-    const pending = state.pending.get(payload.client_id);
+  async function deliver(send) {
+    const {payload} = send;
     try {
       const message = state.live
         ? (await call('message:send', payload)).message
         : await api('POST', `/conversations/${encodeURIComponent(payload.conversation_id)}/messages`, payload);
       receiveMessage(message, {fresh: false});
     } catch (error) {
-      showError(error);
-      if (!pending || !state.pending.has(payload.client_id)) return;
+      if (send.user !== state.me) return;  // signed out or someone else meanwhile
       const problem = toApiError(error);
+      const now = performance.now();
+      const wait = M.resendWait(problem, {refusals: send.refusals + 1, since: send.since || now, now});
+      if (wait !== null) {
+        send.refusals += 1;
+        send.since = send.since || now;
+        state.retryAt = Math.max(state.retryAt, now + wait);
+        hold(send);
+        return;
+      }
+      showError(error);
+      if (!state.pending.has(payload.client_id)) return;
       const retry = el('button', {className: 'link', text: 'Retry', attrs: {type: 'button'}});
       retry.addEventListener('click', () => {
-        pending.element.querySelector('.meta').textContent = 'sending…';
-        deliver(payload);
+        send.element.querySelector('.meta').textContent = 'sending…';
+        send.refusals = 0;  // a person asked: the automatic resends start over
+        send.since = 0;
+        submit(send);
       });
-      const meta = pending.element.querySelector('.meta');
+      const meta = send.element.querySelector('.meta');
       meta.replaceChildren(el('span', {className: 'failed', text: `not sent (${problem.code}) `}), retry);
     }
+  }
+
+  /** Keep a send for later, in the order typed (a refused one goes back before those typed after it). */
+  function hold(send) {
+    const first = !state.held.length && !state.draining;
+    const later = state.held.findIndex((other) => other.order > send.order);
+    state.held.splice(later < 0 ? state.held.length : later, 0, send);
+    showHeld();
+    // Once per busy spell, not per message or second: the bubbles' countdown is not a live region.
+    if (first && performance.now() < state.retryAt) announce(`The service is busy: your message goes out in ${secondsToRetry()} s.`);
+    drainHeld();
+  }
+
+  function secondsToRetry() {
+    return Math.max(1, Math.ceil((state.retryAt - performance.now()) / 1000));
+  }
+
+  function showHeld() {
+    const waiting = performance.now() < state.retryAt;
+    for (const send of state.held) {
+      send.element.querySelector('.meta').textContent = waiting ? `busy, sending again in ${secondsToRetry()} s…` : 'sending…';
+    }
+  }
+
+  /** One send at a time once the moment has come, so the first held goes first and a new hint holds the rest. */
+  async function drainHeld() {
+    if (state.draining) return;
+    state.draining = true;
+    try {
+      while (state.held.length) {
+        const wait = state.retryAt - performance.now();
+        if (wait > 0) {
+          showHeld();
+          await new Promise((resolve) => setTimeout(resolve, Math.min(wait, 1000)));  // the countdown ticks
+          continue;
+        }
+        showHeld();
+        const send = state.held.shift();
+        if (send.user === state.me) await deliver(send);
+      }
+    } finally {
+      state.draining = false;
+    }
+  }
+
+  function forgetHeldSends() {
+    state.held = [];
+    state.retryAt = 0;
   }
 
   // --- order deliveries ----------------------------------------------------------------------

@@ -70,6 +70,30 @@ window.Messenger = (() => {
     return new ApiError('client_error', (error && error.message) || String(error));
   }
 
+  // A send refused with a hint of when to come back is sent again by itself, within these bounds.
+  const RESEND = {
+    codes: new Set(['overloaded', 'rate_limited']),
+    attempts: 5,        // automatic resends of one message, at most
+    windowMs: 60000,    // from its first refusal: past this, a person decides
+    waitMaxMs: 30000,   // the longest hint honoured; a longer one means give up now
+    jitter: 0.25,       // up to this share of the hint is added at random
+  };
+
+  /**
+   * How long to wait before sending again after `problem`, or null to give up (and offer Retry).
+   * `refusals`: how often this send has been refused, this time included; `since`: when the first
+   * was (performance.now()). The hint is never cut short: coming back before the server's time
+   * only earns another refusal, so a hint beyond the longest wait means giving up at once. The
+   * random extra spreads out a crowd of clients refused at the same moment.
+   */
+  function resendWait(problem, {refusals, since, now = performance.now(), random = Math.random}) {
+    const hint = Number(problem && problem.details && problem.details.retry_after_ms);
+    if (!problem || !RESEND.codes.has(problem.code) || !Number.isFinite(hint) || hint < 0) return null;
+    if (refusals > RESEND.attempts || hint > RESEND.waitMaxMs) return null;
+    const wait = Math.min(RESEND.waitMaxMs, Math.ceil(hint * (1 + RESEND.jitter * random())));
+    return now + wait - since > RESEND.windowMs ? null : wait;
+  }
+
   /** A route this server does not have yet (a newer contract version): the page hides the feature. */
   function isMissingRoute(error) {
     return error instanceof ApiError && (error.status === 404 || error.status === 405) &&
@@ -185,7 +209,7 @@ window.Messenger = (() => {
   }
 
   return {
-    $, el, formatSize, formatTime, formatDay, isWebUrl, ApiError, toApiError, isMissingRoute,
+    $, el, formatSize, formatTime, formatDay, isWebUrl, ApiError, toApiError, resendWait, isMissingRoute,
     showError, clearError, showNotice, setConnection, restClient, claimsOf, checkedClaims,
     tokenFromAddress, storedToken, loadSocketClient,
   };

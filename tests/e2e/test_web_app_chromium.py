@@ -24,12 +24,14 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import REPO, RunningService, free_port, rest, start_service, stop_service
+from tests.e2e.conftest import RunningService, free_port, rest, start_service, stop_service
 from tests.e2e.test_web_client_chromium import (
+    AXE,
     EICAR,
     SCAN_TIMEOUT_MS,
     Person,
     browser,  # noqa: F401  (the module-scoped Chromium fixture)
+    check_accessibility,
     fetch_raw,
     make_png,
     require_page,
@@ -59,14 +61,7 @@ class HostPage(http.server.BaseHTTPRequestHandler):
         pass
 
 
-AXE = REPO / "web/node_modules/axe-core/axe.min.js"
 CONTACTS = "Call me on +1 415 555 0134 or write to bob@example.com"
-AXE_RUN = """async () => {
-  const result = await axe.run(document, {resultTypes: ['violations']});
-  return result.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical')
-    .map((v) => ({id: v.id, impact: v.impact, help: v.help,
-                  nodes: v.nodes.slice(0, 3).map((n) => n.target.join(' '))}));
-}"""
 
 
 @pytest.fixture(scope="module")
@@ -93,14 +88,6 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService
         stop_service(running)
         host.shutdown()
         host.server_close()
-
-
-def check_accessibility(person: Person, screen: str) -> None:
-    """axe-core, evaluated through the DevTools protocol (the page's CSP would refuse an injected script)."""
-    if person.page.evaluate("typeof window.axe") != "object":
-        person.page.evaluate(AXE.read_text())
-    violations = person.page.evaluate(AXE_RUN)
-    assert violations == [], f"{screen}: {json.dumps(violations, indent=1)}"
 
 
 def screenshot(person: Person, name: str) -> None:
