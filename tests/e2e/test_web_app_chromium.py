@@ -194,7 +194,8 @@ def test_a_buyer_and_a_seller_chat_live_and_the_buyer_also_reads_on_a_phone(
 
         # A third context: the buyer on a phone sees the inbox and the conversation as two screens.
         phone = Person(browser, service, buyer_id, viewport=(390, 740))
-        assert phone.page.get_by_role("list", name="Conversations").is_visible()
+        # Waited for: the inbox is shown once the sign-in has been answered, a moment after the page is ready.
+        phone.page.get_by_role("list", name="Conversations").wait_for(state="visible")
         assert not phone.page.locator("#token-input").is_visible()  # no developer forms once signed in
         assert not phone.page.locator("#counterpart").is_visible()
         check_accessibility(phone, "phone inbox")
