@@ -13,7 +13,7 @@ process, socket.io-client, websocket transport):
               against saturation, and how the sends beyond capacity were answered (refused with
               `overloaded`, or acks missing); for the messenger twice: clients that send on
               whatever they were answered, then clients that wait out each refusal's
-              `retry_after_ms` as the web app does (bench/load.mjs --refused wait).
+              `retry_after_ms`, as the web app does (bench/load.mjs --refused wait).
   idle        K authenticated connections that do nothing: server RSS per connection.
 
 With --profile, one more messenger saturation run is sampled by py-spy and the hottest frames
@@ -764,7 +764,7 @@ def run_target(bench: Bench, name: str) -> None:
         run["overload"] = run_overload(bench, name, offered, saturation, "ignore")
         # Relays never refuse, so clients that honour a retry hint behave there as those that do not.
         if name == "messenger":
-            log("  again, with clients that wait out each refusal's retry hint (as the web app does)")
+            log("  again, with clients that wait out each refusal's retry hint")
             run["overload_wait"] = run_overload(bench, name, offered, saturation, "wait")
 
     if "idle" in args.phases and args.idle > 0:

@@ -13,12 +13,14 @@
 // and socket.io-client do): a server that accepts it keeps zlib state per connection and
 // compresses every frame it sends.
 //
-// --refused wait makes each buyer a client that honours the server's retry hint, as the web app
-// does (messenger/static/app.js): after an `overloaded` or `rate_limited` refusal carrying
-// `retry_after_ms`, that connection sends nothing until the hint (plus up to 25% jitter, doubled
-// for each refusal in a row, at most 5 s) has passed; the refused send and every send falling due meanwhile wait in its queue, in order, and go
-// out with their own client_id when the time comes. Their latency still counts from when they first
-// fell due. With --refused ignore (the default) every send goes out when due, whatever was answered.
+// --refused wait makes each buyer a client that honours the server's retry hint: after an
+// `overloaded` or `rate_limited` refusal carrying `retry_after_ms`, that connection sends nothing
+// until the hint (plus up to 25% jitter) has passed, and the refused send and every send falling due
+// meanwhile wait in its queue, in order, then go out with their own client_id. The web app does the
+// same for one person's messages (messenger/static/app.js); a buyer here stands for many people
+// (tens of sends a second), so it also doubles the wait for each refusal in a row (at most 5 s)
+// and sends its queue at once rather than one by one. Latency still counts from when a send first
+// fell due. With --refused ignore (the default) every send goes out when due, whatever the answer.
 //
 // A "delivery" is a `message:new` received by the seller (the peer) for a message its buyer
 // sent; send-to-receive latency is from just before the buyer's emit to the seller's receipt,
