@@ -56,7 +56,11 @@ def start_service(
         "CHAT_SEND_BURST": "10000",
         **(env or {}),
     }
-    with log_path.open("wb") as log_file:
+    # Appended to: a restart on the same data dir keeps the log of the run before it, which is what
+    # explains a failure after the restart.
+    with log_path.open("ab") as log_file:
+        log_file.write(f"--- messenger serve on port {port} ---\n".encode())
+        log_file.flush()
         process = subprocess.Popen(
             [sys.executable, "-m", "messenger", "serve", "--host", "127.0.0.1", "--port", str(port)],
             cwd=REPO,
