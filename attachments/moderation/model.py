@@ -15,6 +15,13 @@ class TargetKind(StrEnum):
     ATTACHMENT = "attachment"
 
 
+class QueueChange(StrEnum):
+    """What a `moderation:queue_changed` push says happened to an item."""
+
+    ADDED = "added"  # it entered the queue, or an open item gained a reason (a report)
+    DECIDED = "decided"  # a moderator's decision closed it
+
+
 class Action(StrEnum):
     RELEASE = "release"
     REJECT = "reject"
