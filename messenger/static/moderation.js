@@ -13,6 +13,7 @@
   const SAFETY_MS = 60000;  // live: a slow re-read in case a push was lost
   const POLL_MS = 5000;     // no socket.io client on this server: the queue is re-read this often
   const PAGE = 50;
+  const MAX_PAGE = 200;  // the queue's largest page: a re-read keeps up to this many items loaded
 
   const state = {token: M.storedToken.get(), me: null, cursor: null, items: [], timer: null, socket: null, live: false};
   const api = M.restClient(() => state.token);
@@ -126,7 +127,9 @@
   async function refresh({quiet = false} = {}) {
     try {
       const kind = $('queue-kind').value;
-      const page = await api('GET', `/moderation/queue?limit=${PAGE}${kind ? `&kind=${kind}` : ''}`);
+      // As many as are shown (pages added with More items stay), so a re-read drops nothing on screen.
+      const limit = Math.min(MAX_PAGE, Math.max(PAGE, state.items.length));
+      const page = await api('GET', `/moderation/queue?limit=${limit}${kind ? `&kind=${kind}` : ''}`);
       state.items = page.items;
       state.cursor = page.next_cursor;
       renderQueue();
@@ -174,12 +177,12 @@
       kept.delete(item.id);
       return node || buildItem(item);
     });
-    // What is left in `kept` has left the queue: kept in place only if a note is open on it.
+    // What is left in `kept` was not in this read: kept in place only if a note is open on it.
     const stays = new Set();
     for (const node of kept.values()) {
       if (!node.querySelector('.decision-form')) continue;
       stays.add(node);
-      markDecidedElsewhere(node);
+      if (leftTheQueue(node)) markDecidedElsewhere(node);
     }
     const keep = new Set([...wanted, ...stays]);
     for (const child of [...list.children]) if (!keep.has(child)) child.remove();
@@ -193,6 +196,15 @@
     $('queue-more').hidden = !state.cursor;
   }
 
+  /** Whether an item missing from the read has really left the queue (not filtered out, not on a later page). */
+  function leftTheQueue(node) {
+    const kind = $('queue-kind').value;
+    if (kind && node.dataset.kind !== kind) return false;
+    if (!state.cursor) return true;  // the read reached the end of the queue
+    const last = state.items[state.items.length - 1];
+    return Boolean(last) && node.dataset.opened <= last.opened_at;  // oldest first: it would have been read
+  }
+
   function markDecidedElsewhere(node) {
     if (node.classList.contains('decided-elsewhere')) return;
     node.classList.add('decided-elsewhere');
@@ -203,7 +215,10 @@
   }
 
   function buildItem(item) {
-    const node = el('li', {className: `item kind-${item.kind}`, attrs: {'data-id': item.id, 'data-target': item.target_id}});
+    const node = el('li', {
+      className: `item kind-${item.kind}`,
+      attrs: {'data-id': item.id, 'data-target': item.target_id, 'data-kind': item.kind, 'data-opened': item.opened_at},
+    });
     const reasons = el('ul', {className: 'reasons', attrs: {'aria-label': 'Reasons'}});
     for (const reason of item.reasons || []) reasons.append(el('li', {text: reason}));
     let releasable = true;
