@@ -20,6 +20,7 @@ class QueueChange(StrEnum):
 
     ADDED = "added"  # it entered the queue, or an open item gained a reason (a report)
     DECIDED = "decided"  # a moderator's decision closed it
+    MANY = "many"  # more items changed at once than are worth a push each (a rebuild): re-read it all
 
 
 class Action(StrEnum):

@@ -44,6 +44,8 @@ QUEUE_CHANGED = "moderation:queue_changed"
 # How often each node looks for events it did not write itself (a worker's quarantined file, another
 # node's flagged message): the bound on how late a console hears of them. Two indexed reads a second.
 QUEUE_POLL_SECONDS = 1.0
+# Beyond this many changes in one batch (a queue rebuilt from the log) one `many` push replaces them.
+PUSHES_PER_BATCH_MAX = 50
 
 
 class ModerationQueue:
@@ -103,12 +105,18 @@ class ModerationQueue:
 
     async def _announce(self, changes: dict[tuple[str, QueueChange], tuple[TargetKind, str]]) -> None:
         # Ids only, never text: a console re-reads the queue through the authorised REST call.
-        for (item_id, change), (kind, target) in changes.items():
-            payload = {"id": item_id, "kind": str(kind), "target_id": target, "change": str(change)}
+        payloads: list[dict[str, str | int | None]] = [
+            {"id": item_id, "kind": str(kind), "target_id": target, "change": str(change)}
+            for (item_id, change), (kind, target) in changes.items()
+        ]
+        if len(payloads) > PUSHES_PER_BATCH_MAX:  # one re-read serves them all
+            payloads = [{"id": None, "kind": None, "target_id": None, "change": str(QueueChange.MANY),
+                         "count": len(payloads)}]  # fmt: skip
+        for payload in payloads:
             try:
                 await self._notifier.emit_to_moderators(QUEUE_CHANGED, payload)
             except Exception:  # committed either way; a console's slow re-read finds what a lost push announced
-                log.warning("could not push a moderation queue change", extra={"item": item_id}, exc_info=True)
+                log.warning("could not push a moderation queue change", extra={"item": payload["id"]}, exc_info=True)
 
     async def run_forever(self, interval_seconds: float = QUEUE_POLL_SECONDS) -> None:
         # Every read of the queue (and every report and decision) catches up first; this loop folds in

@@ -7,7 +7,9 @@ from datetime import timedelta
 import pytest
 
 from attachments.files.model import AttachmentStatus
+from attachments.moderation.service import PUSHES_PER_BATCH_MAX
 from core.errors import Conflict, InvalidInput, NotFound
+from core.events import new_event
 from core.ids import new_id
 from scanner.verdict import ScanResult, Verdict
 from tests.conftest import person
@@ -196,3 +198,16 @@ async def test_the_queue_tells_moderators_what_entered_and_left_it_and_a_failed_
         "target_id": sent["id"],
         "change": "added",
     }
+
+
+async def test_a_batch_of_many_changes_is_announced_by_one_push(unit: Unit) -> None:
+    # A queue rebuilt from the log (or a burst between two polls): one hint, not one per item.
+    flagged = [
+        new_event("message.flagged", unit.conversation_id, {"message_id": new_id(), "reasons": ["email"]})
+        for _ in range(PUSHES_PER_BATCH_MAX + 1)
+    ]
+    await unit.c.events.append(flagged)
+    await unit.c.moderation_queue.catch_up()
+    assert unit.notifier.received_by_moderators("moderation:queue_changed") == [
+        {"id": None, "kind": None, "target_id": None, "change": "many", "count": PUSHES_PER_BATCH_MAX + 1}
+    ]
