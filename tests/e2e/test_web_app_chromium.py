@@ -536,6 +536,7 @@ def test_the_moderation_console_is_live_on_a_desk_and_on_a_phone_and_keeps_a_not
         assert note.input_value() == "asks to leave"
         assert mine.get_by_role("button", name="Confirm reject").is_disabled()
         check_accessibility(phone, "phone moderation queue, decided elsewhere")
+        screenshot(phone, "web-phone-moderation")
         mine.get_by_role("button", name="Cancel").click()
         mine.wait_for(state="detached")
         assert item(phone, f"{run} second").count() == 1
