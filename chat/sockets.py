@@ -1,7 +1,8 @@
 """Socket.IO transport of the chat part: authenticates connections and turns events into use cases.
 
 Each handler's return value is its ack (core/sockets.py turns errors into acks). Every session
-joins `user:{id}`, so a message reaches all of a user's tabs and devices, on any node with Redis.
+joins `user:{id}`, so a message reaches all of a user's tabs and devices, on any node with Redis;
+a session whose token carries the moderator role also joins `moderators` (the console's live queue).
 It joins only once CONNECT has gone out (`SocketServer.on_connected`), so no push overtakes it.
 """
 
@@ -33,6 +34,10 @@ from core.sockets import Ack, SocketServer, acked
 log = logging.getLogger(__name__)
 
 
+# Every moderator's sessions, on any node: pushes about the review queue go here and nowhere else.
+MODERATORS_ROOM = "moderators"
+
+
 def user_room(user_id: str) -> str:
     return f"user:{user_id}"
 
@@ -47,6 +52,9 @@ class SocketNotifier:
         rooms = [user_room(user) for user in user_ids]
         if rooms:
             await self._server.emit(event, dict(payload), room=rooms if len(rooms) > 1 else rooms[0])
+
+    async def emit_to_moderators(self, event: str, payload: Mapping[str, Any]) -> None:
+        await self._server.emit(event, dict(payload), room=MODERATORS_ROOM)
 
 
 class ChatGateway:
@@ -102,6 +110,8 @@ class ChatGateway:
         if caller is None:
             return
         await self._sio.enter_room(sid, user_room(caller.user_id))
+        if caller.is_moderator:
+            await self._sio.enter_room(sid, MODERATORS_ROOM)
         opened = asyncio.Event()
         self._open[sid] = (caller, opened)
         self._metrics.connections.inc()

@@ -271,7 +271,7 @@ def build_container(
     delivery_store: DeliveryStore = stores.deliveries
     deliveries = DeliveryService(delivery_store, chat, attachments, reactions, notifier, clock)
     moderation_store: ModerationStore = stores.moderation
-    moderation_queue = ModerationQueue(moderation_store, events)
+    moderation_queue = ModerationQueue(moderation_store, events, notifier)
     moderation = ModerationService(moderation_store, moderation_queue, chat, attachments, clock)
     # The in-process reactions to committed changes, registered once (core/dispatch.py). The
     # pipeline's wake-up is added where an in-process pipeline starts (loops_started).

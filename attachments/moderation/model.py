@@ -15,6 +15,14 @@ class TargetKind(StrEnum):
     ATTACHMENT = "attachment"
 
 
+class QueueChange(StrEnum):
+    """What a `moderation:queue_changed` push says happened to an item."""
+
+    ADDED = "added"  # it entered the queue, or an open item gained a reason (a report)
+    DECIDED = "decided"  # a moderator's decision closed it
+    MANY = "many"  # more items changed at once than are worth a push each (a rebuild): re-read it all
+
+
 class Action(StrEnum):
     RELEASE = "release"
     REJECT = "reject"

@@ -4,6 +4,8 @@ The queue is a read model projected from the event log (`message.flagged`, `atta
 `attachment.scanned` with an unscannable or error verdict, `report.created`, `moderation.decision`),
 so no other part writes moderation tables: they only emit events, and `ModerationQueue.catch_up`
 folds them in. Messages are reached through the chat service only, files through the file service.
+Each item the projection opens or closes is pushed to the moderators' sessions as a hint
+(`moderation:queue_changed`), whichever process emitted the event; the queue itself stays the truth.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 
 from attachments.files.model import AttachmentStatus
 from attachments.files.service import AttachmentService, without_preview
-from attachments.moderation.model import Action, Decision, Report, TargetKind, decision_view
+from attachments.moderation.model import Action, Decision, QueueChange, Report, TargetKind, decision_view
 from attachments.moderation.store import ModerationStore
 from chat import ChatService
 from core.clock import Clock, SystemClock, iso
@@ -22,6 +24,7 @@ from core.errors import Code, Conflict, Forbidden, InvalidInput, NotFound
 from core.events import Event, EventLog, new_event
 from core.identity import Identity
 from core.ids import new_id
+from core.notify import Notifier
 from core.views import View
 
 log = logging.getLogger(__name__)
@@ -36,12 +39,26 @@ QUEUE_EVENT_TYPES = (
 )
 
 
-class ModerationQueue:
-    """Projects the event log into the review queue; safe to run on every node (its writes are idempotent)."""
+# The push to moderators' sessions when an item enters the queue or leaves it (docs/api.md).
+QUEUE_CHANGED = "moderation:queue_changed"
+# How often each node looks for events it did not write itself (a worker's quarantined file, another
+# node's flagged message): the bound on how late a console hears of them. Two indexed reads a second.
+QUEUE_POLL_SECONDS = 1.0
+# Beyond this many changes in one batch (a queue rebuilt from the log) one `many` push replaces them.
+PUSHES_PER_BATCH_MAX = 50
 
-    def __init__(self, store: ModerationStore, events: EventLog) -> None:
+
+class ModerationQueue:
+    """Projects the event log into the review queue; safe to run on every node (its writes are idempotent).
+
+    What a batch opened or closed is pushed to the moderators after its checkpoint is saved. With
+    several nodes two may fold in the same batch at once and push it twice: pushes are hints.
+    """
+
+    def __init__(self, store: ModerationStore, events: EventLog, notifier: Notifier) -> None:
         self._store = store
         self._events = events
+        self._notifier = notifier
         self._lock = asyncio.Lock()
 
     async def catch_up(self) -> int:
@@ -53,12 +70,17 @@ class ModerationQueue:
                 batch = await self._events.read(after=after, limit=500, types=QUEUE_EVENT_TYPES)
                 if not batch:
                     return applied
+                changes: dict[tuple[str, QueueChange], tuple[TargetKind, str]] = {}
                 for event in batch:
-                    await self._apply(event)
+                    change = await self._apply(event)
+                    if change is not None:
+                        kind, target, what = change
+                        changes.setdefault((f"{kind}:{target}", what), (kind, target))
                 await self._store.save_checkpoint(QUEUE_PROJECTION, int(batch[-1].position or after))
                 applied += len(batch)
+                await self._announce(changes)
 
-    async def _apply(self, event: Event) -> None:
+    async def _apply(self, event: Event) -> tuple[TargetKind, str, QueueChange] | None:
         data = event.data
         kind: TargetKind | None = None
         target, reason = None, None
@@ -73,14 +95,32 @@ class ModerationQueue:
         elif event.type == "report.created":
             kind, target, reason = TargetKind(data["kind"]), data["target_id"], f"reported:{data['reason']}"
         elif event.type == "moderation.decision":
-            await self._store.close_item(TargetKind(data["kind"]), data["target_id"], data["decision_id"])
-            return
+            kind, target = TargetKind(data["kind"]), data["target_id"]
+            await self._store.close_item(kind, target, data["decision_id"])
+            return kind, target, QueueChange.DECIDED
         if kind and target and reason:
             await self._store.open_item(kind, target, reason, event.occurred_at, data.get("conversation_id"))
+            return kind, target, QueueChange.ADDED
+        return None
 
-    async def run_forever(self, interval_seconds: float = 30.0) -> None:
-        # Every read of the queue (and every report and decision) catches up first, so this loop
-        # only keeps the projection warm between moderators' visits.
+    async def _announce(self, changes: dict[tuple[str, QueueChange], tuple[TargetKind, str]]) -> None:
+        # Ids only, never text: a console re-reads the queue through the authorised REST call.
+        payloads: list[dict[str, str | int | None]] = [
+            {"id": item_id, "kind": str(kind), "target_id": target, "change": str(change)}
+            for (item_id, change), (kind, target) in changes.items()
+        ]
+        if len(payloads) > PUSHES_PER_BATCH_MAX:  # one re-read serves them all
+            payloads = [{"id": None, "kind": None, "target_id": None, "change": str(QueueChange.MANY),
+                         "count": len(payloads)}]  # fmt: skip
+        for payload in payloads:
+            try:
+                await self._notifier.emit_to_moderators(QUEUE_CHANGED, payload)
+            except Exception:  # committed either way; a console's slow re-read finds what a lost push announced
+                log.warning("could not push a moderation queue change", extra={"item": payload["id"]}, exc_info=True)
+
+    async def run_forever(self, interval_seconds: float = QUEUE_POLL_SECONDS) -> None:
+        # Every read of the queue (and every report and decision) catches up first; this loop folds in
+        # what other processes emitted, so the moderators' consoles hear of it within a poll.
         while True:
             try:
                 await self.catch_up()

@@ -1,16 +1,24 @@
 // The moderators' console at /moderation: the queue of flagged messages and files, Release and
 // Reject with a required note, and the audit log. Uses only the public REST API with a token that
 // carries the moderator role; text from users reaches the DOM only through textContent.
+//
+// Live: the socket (moderator sessions join the moderators' room) pushes `moderation:queue_changed`
+// with ids only, and the console re-reads the queue through REST. Pushes are hints: the queue is
+// also re-read on every (re)connection and every SAFETY_MS, so a lost push never loses an item.
 'use strict';
 
 (() => {
   const M = window.Messenger;
   const {$, el, formatSize, formatTime, ApiError, showError, clearError} = M;
-  const REFRESH_MS = 5000;  // moderators get no socket pushes (they are not participants): the queue is re-read
+  const SAFETY_MS = 60000;  // live: a slow re-read in case a push was lost
+  const POLL_MS = 5000;     // no socket.io client on this server: the queue is re-read this often
   const PAGE = 50;
+  const MAX_PAGE = 200;  // the queue's largest page: a re-read keeps up to this many items loaded
 
-  const state = {token: M.storedToken.get(), me: null, cursor: null, items: [], timer: null};
+  const state = {token: M.storedToken.get(), me: null, cursor: null, items: [], timer: null, socket: null, live: false};
   const api = M.restClient(() => state.token);
+  // At most one re-read in flight and one more queued, however many pushes arrive meanwhile.
+  const reread = {running: null, again: false, loud: false};
 
   function signIn(token) {
     clearError();
@@ -34,15 +42,13 @@
     $('signin').hidden = true;
     $('queue-section').hidden = false;
     $('audit-section').hidden = false;
-    M.setConnection('polling', `refreshes every ${REFRESH_MS / 1000} s`);
-    refresh();
-    clearInterval(state.timer);
-    state.timer = setInterval(() => refresh({quiet: true}), REFRESH_MS);
+    connect();
+    requestRefresh({quiet: false});
   }
 
   function signOut() {
     M.storedToken.clear();
-    clearInterval(state.timer);
+    disconnect();
     state.token = '';
     $('me').textContent = '';
     $('token-clear').hidden = true;
@@ -52,12 +58,78 @@
     M.setConnection('offline', 'offline');
   }
 
+  // --- transport: pushes over Socket.IO when its client is installed, a re-read every 5 s otherwise
+
+  function connect() {
+    disconnect();
+    if (!state.live) {
+      M.setConnection('polling', `refreshes every ${POLL_MS / 1000} s`);
+      state.timer = setInterval(requestRefresh, POLL_MS);
+      return;
+    }
+    M.setConnection('connecting', 'connecting…');
+    // auth as a function: every reconnection presents the token in use at that moment.
+    const socket = window.io({auth: (cb) => cb({token: state.token}), transports: ['websocket', 'polling']});
+    state.socket = socket;
+    socket.on('connect', () => {
+      M.setConnection('live', 'live');
+      requestRefresh();  // pushes sent while we were away are lost: read what changed
+    });
+    socket.on('disconnect', (reason) => {
+      M.setConnection('connecting', reason === 'io client disconnect' ? 'offline' : 'reconnecting…');
+    });
+    socket.on('connect_error', (error) => {
+      // A refused token is final (the client does not retry it); a network error is retried.
+      if (error && error.data && error.data.code) {
+        M.setConnection('refused', 'token refused');
+        showError(new ApiError(error.data.code, error.data.message || error.message));
+      } else {
+        M.setConnection('connecting', 'reconnecting…');
+      }
+    });
+    // The payload names the item only; what it is, and whether it is still open, is the queue's to say.
+    socket.on('moderation:queue_changed', () => requestRefresh());
+    state.timer = setInterval(requestRefresh, SAFETY_MS);
+  }
+
+  function disconnect() {
+    if (state.socket) {
+      state.socket.removeAllListeners();
+      state.socket.disconnect();
+      state.socket = null;
+    }
+    clearInterval(state.timer);
+    state.timer = null;
+  }
+
+  /** Re-read the queue: joins the re-read in flight, or queues one more after it (bursts coalesce). */
+  function requestRefresh({quiet = true} = {}) {
+    reread.loud = reread.loud || !quiet;
+    if (reread.running) {
+      reread.again = true;
+      return reread.running;
+    }
+    reread.running = (async () => {
+      try {
+        do {
+          reread.again = false;
+          const loud = reread.loud;
+          reread.loud = false;
+          await refresh({quiet: !loud});
+        } while (reread.again && state.token);
+      } finally {
+        reread.running = null;
+      }
+    })();
+    return reread.running;
+  }
+
   async function refresh({quiet = false} = {}) {
-    // A note being typed is never wiped by a background refresh.
-    if (quiet && document.querySelector('.decision-form')) return;
     try {
       const kind = $('queue-kind').value;
-      const page = await api('GET', `/moderation/queue?limit=${PAGE}${kind ? `&kind=${kind}` : ''}`);
+      // As many as are shown (pages added with More items stay), so a re-read drops nothing on screen.
+      const limit = Math.min(MAX_PAGE, Math.max(PAGE, state.items.length));
+      const page = await api('GET', `/moderation/queue?limit=${limit}${kind ? `&kind=${kind}` : ''}`);
       state.items = page.items;
       state.cursor = page.next_cursor;
       renderQueue();
@@ -89,16 +161,64 @@
     return list;
   }
 
+  /**
+   * Render the queue without disturbing the moderator: an item with a note being typed, or holding
+   * the focus, keeps its node (never detached, so the focus, the caret and the note stay); every
+   * other item is built afresh. An item decided elsewhere while its note is open stays, marked.
+   */
   function renderQueue() {
     const list = $('queue');
-    list.replaceChildren();
-    for (const item of state.items) list.append(buildItem(item));
-    if (!state.items.length) list.append(el('li', {className: 'muted', text: 'Nothing to review.'}));
+    const kept = new Map();
+    for (const node of list.querySelectorAll(':scope > li.item')) {
+      if (node.querySelector('.decision-form') || node.contains(document.activeElement)) kept.set(node.dataset.id, node);
+    }
+    const wanted = state.items.map((item) => {
+      const node = kept.get(item.id);
+      kept.delete(item.id);
+      return node || buildItem(item);
+    });
+    // What is left in `kept` was not in this read: kept in place only if a note is open on it.
+    const stays = new Set();
+    for (const node of kept.values()) {
+      if (!node.querySelector('.decision-form')) continue;
+      stays.add(node);
+      if (leftTheQueue(node)) markDecidedElsewhere(node);
+    }
+    const keep = new Set([...wanted, ...stays]);
+    for (const child of [...list.children]) if (!keep.has(child)) child.remove();
+    let cursor = list.firstChild;
+    for (const node of wanted) {
+      while (cursor && cursor !== node && stays.has(cursor)) cursor = cursor.nextSibling;
+      if (node === cursor) cursor = node.nextSibling;
+      else list.insertBefore(node, cursor);
+    }
+    if (!list.children.length) list.append(el('li', {className: 'muted', text: 'Nothing to review.'}));
     $('queue-more').hidden = !state.cursor;
   }
 
+  /** Whether an item missing from the read has really left the queue (not filtered out, not on a later page). */
+  function leftTheQueue(node) {
+    const kind = $('queue-kind').value;
+    if (kind && node.dataset.kind !== kind) return false;
+    if (!state.cursor) return true;  // the read reached the end of the queue
+    const last = state.items[state.items.length - 1];
+    return Boolean(last) && node.dataset.opened <= last.opened_at;  // oldest first: it would have been read
+  }
+
+  function markDecidedElsewhere(node) {
+    if (node.classList.contains('decided-elsewhere')) return;
+    node.classList.add('decided-elsewhere');
+    // Nothing more to decide on it; Cancel (secondary) stays, to let the item go.
+    for (const button of node.querySelectorAll('button:not(.secondary)')) button.disabled = true;
+    const form = node.querySelector('.decision-form');
+    form.prepend(el('p', {className: 'notice inline', text: 'Another moderator has decided this meanwhile; it has left the queue.', attrs: {role: 'status'}}));
+  }
+
   function buildItem(item) {
-    const node = el('li', {className: `item kind-${item.kind}`, attrs: {'data-id': item.id, 'data-target': item.target_id}});
+    const node = el('li', {
+      className: `item kind-${item.kind}`,
+      attrs: {'data-id': item.id, 'data-target': item.target_id, 'data-kind': item.kind, 'data-opened': item.opened_at},
+    });
     const reasons = el('ul', {className: 'reasons', attrs: {'aria-label': 'Reasons'}});
     for (const reason of item.reasons || []) reasons.append(el('li', {text: reason}));
     let releasable = true;
@@ -158,7 +278,10 @@
         el('label', {text: `Note for the audit log (required to ${action})`, attrs: {for: id}}), note, problem,
         el('div', {className: 'row end'}, [cancel, confirm]),
       ]);
-      cancel.addEventListener('click', () => form.remove());
+      cancel.addEventListener('click', () => {
+        form.remove();
+        if (node.classList.contains('decided-elsewhere')) requestRefresh();  // now it can go
+      });
       form.addEventListener('submit', async (event) => {
         event.preventDefault();
         if (!note.value.trim()) {
@@ -172,7 +295,7 @@
         try {
           await api('POST', `/moderation/${path}/${encodeURIComponent(item.target_id)}/decision`, {action, note: note.value.trim()});
           form.remove();
-          await refresh();
+          await requestRefresh({quiet: false});
         } catch (error) {
           confirm.disabled = false;
           const shown = M.toApiError(error);
@@ -203,7 +326,7 @@
     if (!body.children.length) body.append(el('tr', {}, [el('td', {text: 'No decisions yet.', attrs: {colspan: 6}})]));
   }
 
-  function start() {
+  async function start() {
     $('token-form').addEventListener('submit', (event) => {
       event.preventDefault();
       const token = $('token-input').value.trim();
@@ -211,10 +334,12 @@
     });
     $('token-clear').addEventListener('click', signOut);
     $('error-close').addEventListener('click', clearError);
-    $('queue-refresh').addEventListener('click', () => refresh());
-    $('queue-kind').addEventListener('change', () => refresh());
+    $('queue-refresh').addEventListener('click', () => requestRefresh({quiet: false}));
+    $('queue-kind').addEventListener('change', () => requestRefresh({quiet: false}));
     $('queue-more').addEventListener('click', more);
-    document.addEventListener('visibilitychange', () => { if (document.visibilityState === 'visible' && state.me) refresh({quiet: true}); });
+    document.addEventListener('visibilitychange', () => { if (document.visibilityState === 'visible' && state.me) requestRefresh(); });
+    state.live = await M.loadSocketClient();
+    document.body.dataset.transport = state.live ? 'socket' : 'polling';
     const handed = M.tokenFromAddress();
     if (handed) state.token = handed;
     if (state.token) signIn(state.token);

@@ -24,7 +24,7 @@ class Person:
         self.sio = socketio.AsyncClient(reconnection=False)
         self.received: dict[str, list[Any]] = defaultdict(list)
         self.connect_error: Any = None
-        for event in ("message:new", "message:updated", "receipt", "typing", "presence"):
+        for event in ("message:new", "message:updated", "receipt", "typing", "presence", "moderation:queue_changed"):
             self.sio.on(event, self._recorder(event))
         self.sio.on("connect_error", self._on_connect_error)
 

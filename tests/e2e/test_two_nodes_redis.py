@@ -236,3 +236,34 @@ async def test_pushes_from_both_nodes_arrive_in_seq_order(nodes: tuple[RunningSe
         assert late == {"no-buyer": [], "no-seller": []}, f"seqs pushed after a higher one: {late}"
     finally:
         await close_all(buyer, seller)
+
+
+async def test_a_flagged_message_and_its_decision_reach_the_moderators_on_both_nodes_and_nobody_else(
+    nodes: tuple[RunningService, RunningService],
+) -> None:
+    a, b = nodes
+    cid = shared_conversation(a, b, "nm-buyer", "nm-seller")
+    mod_a = await Person(a, "nm-mod-a", token=a.token("nm-mod-a", moderator=True)).connect()
+    mod_b = await Person(b, "nm-mod-b", token=b.token("nm-mod-b", moderator=True)).connect()
+    buyer, seller = await Person(a, "nm-buyer").connect(), await Person(b, "nm-seller").connect()
+    everyone = (mod_a, mod_b, buyer, seller)
+
+    def told(session: Person, item: str, change: str) -> bool:
+        return any(p["id"] == item and p["change"] == change for p in session.received["moderation:queue_changed"])
+
+    try:
+        sent = await seller.send(cid, "write to me at nm-seller@example.com", "nm-1")  # flagged (masked) on node B
+        item = f"message:{sent['id']}"
+        for moderator in (mod_a, mod_b):
+            await eventually(lambda m=moderator: told(m, item, "added"), timeout=10)
+        # Decided through node A: the moderator connected to node B hears of it too.
+        rest(a, "nm-mod-a", "POST", f"/moderation/messages/{sent['id']}/decision",
+             {"action": "release", "note": "masked is fine"}, moderator=True)  # fmt: skip
+        for moderator in (mod_a, mod_b):
+            await eventually(lambda m=moderator: told(m, item, "decided"), timeout=10)
+        await eventually(lambda: len(buyer.texts()) == 1)
+        await asyncio.sleep(0.3)  # a push to the wrong room would have arrived with the moderators'
+        assert buyer.received["moderation:queue_changed"] == [] and seller.received["moderation:queue_changed"] == []
+        assert "example.com" not in str(mod_a.received["moderation:queue_changed"])
+    finally:
+        await close_all(*everyone)

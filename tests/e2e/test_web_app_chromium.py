@@ -41,6 +41,8 @@ pytestmark = pytest.mark.e2e
 
 MiB = 1024 * 1024
 SCAN_LIMIT = 1 * MiB  # larger files are not scanned: a moderator decides (needs_review)
+# How soon a live console shows a change: well under the 60 s of its safety re-read.
+LIVE_MS = 5000
 # The marketplace page that embeds the chat, served by a tiny HTTP server of the test on loopback
 # (Chromium does not let a public page frame a local address): localhost is another origin than 127.0.0.1.
 HOST_PORT = free_port()
@@ -224,7 +226,7 @@ def test_a_seller_delivers_three_files_and_the_buyer_accepts_once_they_are_clear
     buyer_id, seller_id, order = f"buyer-{run}", f"seller-{run}", f"order-{run}"
     buyer = Person(browser, service, buyer_id)
     seller = Person(browser, service, seller_id)
-    moderator = Person(browser, service, f"mod-{run}", moderator=True, path="/moderation", transport="polling")
+    moderator = Person(browser, service, f"mod-{run}", moderator=True, path="/moderation")
     try:
         buyer.open_conversation(seller_id, "buyer", order)
         seller.open_conversation(buyer_id, "seller", order)
@@ -346,7 +348,7 @@ def test_contact_details_are_held_for_a_moderator_and_reach_the_buyer_masked(
     buyer_id, seller_id = f"buyer-{run}", f"seller-{run}"
     buyer = Person(browser, service, buyer_id)
     seller = Person(browser, service, seller_id)
-    moderator = Person(browser, service, f"mod-{run}", moderator=True, path="/moderation", transport="polling")
+    moderator = Person(browser, service, f"mod-{run}", moderator=True, path="/moderation")
     try:
         buyer.open_conversation(seller_id, "buyer")
         seller.open_conversation(buyer_id, "seller")
@@ -468,6 +470,69 @@ def test_the_moderation_console_is_served_with_the_strict_policy(service: Runnin
     assert "script-src 'self'" in headers["content-security-policy"]
     assert headers["x-frame-options"] == "DENY"
     assert shutil.which("chromium") or Path("/usr/bin/chromium").is_file()
+
+
+def test_the_moderation_console_is_live_on_a_desk_and_on_a_phone_and_keeps_a_note_being_typed(
+    service: RunningService,
+    browser: Any,  # noqa: F811
+) -> None:
+    run = uuid.uuid4().hex[:6]
+    buyer_id, seller_id = f"buyer-{run}", f"seller-{run}"
+    desk = Person(browser, service, f"mod-{run}", moderator=True, path="/moderation")
+    phone = Person(browser, service, f"mod2-{run}", moderator=True, path="/moderation", viewport=(390, 740))
+    consoles = (desk, phone)
+    try:
+        for console in consoles:  # the first read is done, so what follows can only come by a push
+            console.page.wait_for_function("document.getElementById('queue-updated').textContent !== ''")
+        conversation = rest(service, buyer_id, "POST", "/conversations", {"buyer_id": buyer_id, "seller_id": seller_id})
+
+        def held(text: str) -> str:
+            sent = rest(service, buyer_id, "POST", f"/conversations/{conversation['id']}/messages",
+                        {"client_id": uuid.uuid4().hex, "text": text})  # fmt: skip
+            assert sent["held"], sent
+            return str(sent["id"])
+
+        def item(console: Person, text: str) -> Any:
+            return console.page.locator(".item.kind-message").filter(has_text=text)
+
+        first = held(f"{run} first: write to me at first-{run}@example.com")
+        for console in consoles:  # seconds, not the minute of the safety re-read
+            item(console, f"{run} first").wait_for(timeout=LIVE_MS)
+            pushes = [frame for frame in console.pushed if "moderation:queue_changed" in frame and first in frame]
+            assert pushes and all("example.com" not in frame for frame in pushes), console.pushed
+        check_accessibility(desk, "live moderation queue")
+        check_accessibility(phone, "phone moderation queue")
+
+        # On the phone a moderator starts a note; another item arrives and the list re-renders around it.
+        mine = item(phone, f"{run} first")
+        mine.get_by_role("button", name="Reject").click()
+        note = mine.get_by_label(re.compile("Note for the audit log"))
+        note.press_sequentially("asks to leave", delay=10)
+        held(f"{run} second: or at second-{run}@example.com")
+        for console in consoles:
+            item(console, f"{run} second").wait_for(timeout=LIVE_MS)
+        assert note.input_value() == "asks to leave"
+        assert phone.page.evaluate("document.activeElement.tagName") == "TEXTAREA"
+
+        # The desk moderator decides the first one: the phone's note stays, the item marked decided.
+        decided = item(desk, f"{run} first")
+        decided.get_by_role("button", name="Release").click()
+        decided.get_by_label(re.compile("Note for the audit log")).fill("only an e-mail address: masked")
+        decided.get_by_role("button", name="Confirm release").click()
+        decided.wait_for(state="detached")
+        mine.get_by_text("Another moderator has decided this").wait_for(timeout=LIVE_MS)
+        assert note.input_value() == "asks to leave"
+        assert mine.get_by_role("button", name="Confirm reject").is_disabled()
+        check_accessibility(phone, "phone moderation queue, decided elsewhere")
+        screenshot(phone, "web-phone-moderation")
+        mine.get_by_role("button", name="Cancel").click()
+        mine.wait_for(state="detached")
+        assert item(phone, f"{run} second").count() == 1
+        assert all(c.page.get_attribute("#connection", "data-state") == "live" for c in consoles)
+        assert desk.problems == [] and phone.problems == [], [desk.problems, phone.problems]
+    finally:
+        for console in consoles:
+            console.close()
 
 
 def test_star_archive_filters_and_search_work_against_the_server(

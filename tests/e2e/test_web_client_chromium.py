@@ -141,13 +141,23 @@ class Person:
         self.page.on("dialog", self._dialog)
         self.requests: list[Any] = []
         self.page.on("request", lambda request: self.requests.append(request))
+        # What the page sent and what the server pushed over the websocket, as text frames (Socket.IO packets).
         self.frames_sent: list[str] = []
-        self.page.on("websocket", lambda ws: ws.on("framesent", self._frame_sent))
+        self.pushed: list[str] = []
+        self.page.on("websocket", self._websocket)
         self.page.goto(service.url + path)
         self.page.wait_for_selector("body[data-ready='yes']")
         self.page.fill("#token-input", service.token(user_id, moderator=moderator))
         self.page.click("#token-save")
         self.page.wait_for_selector(f"#connection[data-state='{transport}']")
+
+    def _websocket(self, ws: Any) -> None:
+        ws.on("framesent", self._frame_sent)
+        ws.on("framereceived", self._frame_received)
+
+    def _frame_received(self, payload: str | bytes) -> None:
+        if isinstance(payload, str):
+            self.pushed.append(payload)
 
     def _console(self, message: Any) -> None:
         if message.type == "error":

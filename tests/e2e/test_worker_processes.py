@@ -40,7 +40,7 @@ from pymongo import AsyncMongoClient
 from attachments.storage import cors_rule
 from tests.conftest import TEST_SECRET
 from tests.e2e.conftest import REPO, RunningService, free_port, start_service, stop_service
-from tests.e2e.test_chat_python_client import open_conversation, rest
+from tests.e2e.test_chat_python_client import Person, eventually, open_conversation, rest
 from tests.e2e.test_delivery_e2e import EICAR, png, upload
 from tests.support.wire_mongo import WireMongo
 
@@ -317,6 +317,24 @@ async def test_nothing_is_scanned_until_a_worker_runs_then_it_releases_clean_and
     assert views[clean]["preview_url"], "the worker made no preview"
     assert views[infected]["status"] == "infected", cluster.logs()
     assert views[infected]["scan"]["verdict"] == "infected" and "eicar" in views[infected]["scan"]["signature"].lower()
+
+
+async def test_a_file_a_worker_quarantines_is_pushed_to_moderators_by_the_serving_node(
+    cluster: Cluster, workers: Callable[..., Worker]
+) -> None:
+    """The worker writes only the event; the node's queue projection finds it and tells the moderators (no Redis)."""
+    service = cluster.service
+    moderator = await Person(service, "wk-mod", token=service.token("wk-mod", moderator=True)).connect()
+    try:
+        cid = open_conversation(service, "wk-buyer-4", "wk-seller-4")
+        infected = await upload(service, "wk-seller-4", cid, EICAR, "virus.txt", "text/plain")
+        workers("worker-quarantine")
+        views = await wait_until_settled(cluster, "wk-seller-4", [infected])
+        assert views[infected]["status"] == "infected", cluster.logs()
+        pushes = moderator.received["moderation:queue_changed"]
+        await eventually(lambda: any(p["target_id"] == infected and p["change"] == "added" for p in pushes), timeout=5)
+    finally:
+        await moderator.close()
 
 
 async def test_a_worker_killed_mid_scan_leaves_the_file_to_another_worker_once_its_lease_runs_out(

@@ -7,7 +7,9 @@ from datetime import timedelta
 import pytest
 
 from attachments.files.model import AttachmentStatus
+from attachments.moderation.service import PUSHES_PER_BATCH_MAX
 from core.errors import Conflict, InvalidInput, NotFound
+from core.events import new_event
 from core.ids import new_id
 from scanner.verdict import ScanResult, Verdict
 from tests.conftest import person
@@ -162,3 +164,50 @@ async def test_reports_open_queue_items_for_participants_only(unit: Unit) -> Non
     with pytest.raises(NotFound) as stranger:
         await unit.c.moderation.report(person("mallory"), message_id=sent["id"], attachment_id=None, reason="x")
     assert stranger.value.code == "message_not_found"
+
+
+async def test_the_queue_tells_moderators_what_entered_and_left_it_and_a_failed_push_loses_nothing(
+    unit: Unit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    attachment_id = await unit.upload(EICAR, "readme.txt", "text/plain")
+    await unit.drain()
+    await unit.c.moderation_queue.catch_up()
+    item = f"attachment:{attachment_id}"
+    pushed = unit.notifier.received_by_moderators
+    assert pushed("moderation:queue_changed") == [
+        {"id": item, "kind": "attachment", "target_id": attachment_id, "change": "added"}
+    ]
+    await unit.c.moderation_queue.catch_up()  # nothing new in the log: nothing pushed again
+    assert len(pushed()) == 1
+    assert all(name != "moderation:queue_changed" for name, _, _ in unit.notifier.sent)  # never to a user's room
+
+    # The push is a hint: when it cannot be sent, the decision still stands and the queue is right.
+    async def unreachable(event: str, payload: object) -> None:
+        raise ConnectionError("redis is down")
+
+    monkeypatch.setattr(unit.notifier, "emit_to_moderators", unreachable)
+    decided = await unit.c.moderation.decide_attachment(moderator, attachment_id, action="reject", note="malware")
+    assert decided["attachment"]["status"] == "rejected"
+    assert await unit.c.moderation.queue(moderator, kind=None, limit=10, cursor=None) == ([], None)
+    monkeypatch.undo()
+    sent = await unit.c.chat.send_message(buyer, unit.conversation_id, client_id=new_id(), text="rude words")
+    await unit.c.moderation.report(buyer, message_id=sent["id"], attachment_id=None, reason="abusive")
+    assert pushed()[-1] == {
+        "id": f"message:{sent['id']}",
+        "kind": "message",
+        "target_id": sent["id"],
+        "change": "added",
+    }
+
+
+async def test_a_batch_of_many_changes_is_announced_by_one_push(unit: Unit) -> None:
+    # A queue rebuilt from the log (or a burst between two polls): one hint, not one per item.
+    flagged = [
+        new_event("message.flagged", unit.conversation_id, {"message_id": new_id(), "reasons": ["email"]})
+        for _ in range(PUSHES_PER_BATCH_MAX + 1)
+    ]
+    await unit.c.events.append(flagged)
+    await unit.c.moderation_queue.catch_up()
+    assert unit.notifier.received_by_moderators("moderation:queue_changed") == [
+        {"id": None, "kind": None, "target_id": None, "change": "many", "count": PUSHES_PER_BATCH_MAX + 1}
+    ]
