@@ -74,8 +74,10 @@ class ChatGateway:
         self._chat = chat
         self._verifier = verifier
         self._metrics = metrics
-        # Sessions this node has opened (joined, counted, announced), each with "opening finished".
-        self._open: dict[str, tuple[Identity, asyncio.Event]] = {}
+        # Sessions this node has opened (joined, counted, announced), and the announcements still running:
+        # an Event lives only as long as its announcement (one kept per idle connection cost ~0.8 KB).
+        self._open: dict[str, Identity] = {}
+        self._announcing: dict[str, asyncio.Event] = {}
 
     def register(self) -> None:
         self._sio.on("connect", self.connect)
@@ -112,21 +114,23 @@ class ChatGateway:
         await self._sio.enter_room(sid, user_room(caller.user_id))
         if caller.is_moderator:
             await self._sio.enter_room(sid, MODERATORS_ROOM)
-        opened = asyncio.Event()
-        self._open[sid] = (caller, opened)
+        self._open[sid] = caller
         self._metrics.connections.inc()
+        announced = self._announcing[sid] = asyncio.Event()
         try:
             await self._chat.session_opened(caller)
         finally:
-            opened.set()
+            del self._announcing[sid]
+            announced.set()
 
     async def disconnect(self, sid: str, reason: Any = None) -> None:
         # Only a session this node opened is closed, once: a refused or half-open one never counted.
-        entry = self._open.pop(sid, None)
-        if entry is None:
+        caller = self._open.pop(sid, None)
+        if caller is None:
             return
-        caller, opened = entry
-        await opened.wait()  # a drop during the announcement closes after it, so presence stays balanced
+        announcing = self._announcing.get(sid)
+        if announcing is not None:
+            await announcing.wait()  # a drop during the announcement closes after it, so presence stays balanced
         self._metrics.connections.dec()
         await self._chat.session_closed(caller)
 

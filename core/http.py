@@ -2,6 +2,10 @@
 
 This is the one place where MessengerError becomes an HTTP response; anything unexpected becomes
 a logged 500 `internal_error` carrying a request id, never a stack trace.
+
+A middleware with nothing to do once the handler has answered is a plain function returning the
+handler's awaitable: an `async` one would stay suspended in `await handler(request)` for as long as
+the response lasts, and a websocket's lasts as long as its connection (~0.4 KB each per idle socket).
 """
 
 from __future__ import annotations
@@ -89,12 +93,12 @@ def body_limit_middleware(max_bytes: int) -> Middleware:
     """
 
     @web.middleware
-    async def limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    def limit(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
         if request.content_length is not None and request.content_length > max_bytes:
             raise PayloadTooLarge(
                 f"the request body is larger than {max_bytes} bytes", code=Code.BODY_TOO_LARGE, max_size=max_bytes
             )
-        return await handler(request)
+        return handler(request)
 
     return limit
 
@@ -108,7 +112,7 @@ def auth_middleware(
     """
 
     @web.middleware
-    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    def authenticate(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
         if request.path.startswith(API_PREFIX) and request.method != "OPTIONS" and request.path != OPENAPI_PATH:
             header = request.headers.get("Authorization", "")
             scheme, _, token = header.partition(" ")
@@ -117,10 +121,17 @@ def auth_middleware(
             caller = verifier.verify(token.strip())
             request[IDENTITY] = caller
             if seen is not None:
-                await seen(caller.user_id, caller.name)
-        return await handler(request)
+                return _seen_then(seen, caller, request, handler)
+        return handler(request)
 
     return authenticate
+
+
+async def _seen_then(
+    seen: Callable[[str, str | None], Awaitable[None]], caller: Identity, request: web.Request, handler: Handler
+) -> web.StreamResponse:
+    await seen(caller.user_id, caller.name)
+    return await handler(request)
 
 
 def cors_middleware(allowed_origins: list[str]) -> Middleware:
@@ -132,10 +143,13 @@ def cors_middleware(allowed_origins: list[str]) -> Middleware:
     allowed = set(allowed_origins)
 
     @web.middleware
-    async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    def cors(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
         origin = request.headers.get("Origin")
         if not origin or not request.path.startswith(API_PREFIX) or ("*" not in allowed and origin not in allowed):
-            return await handler(request)
+            return handler(request)
+        return answered_for(origin, request, handler)
+
+    async def answered_for(origin: str, request: web.Request, handler: Handler) -> web.StreamResponse:
         headers = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             headers |= {
