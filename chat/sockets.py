@@ -4,12 +4,14 @@ Each handler's return value is its ack (core/sockets.py turns errors into acks).
 joins `user:{id}`, so a message reaches all of a user's tabs and devices, on any node with Redis;
 a session whose token carries the moderator role also joins `moderators` (the console's live queue).
 It joins only once CONNECT has gone out (`SocketServer.on_connected`), so no push overtakes it.
+A session lasts as long as its token: a sweep over the node's open sessions ends those past their exp.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -27,7 +29,7 @@ from chat.commands import (
 from chat.metrics import ChatMetrics
 from chat.service import ChatService
 from core.commands import parse
-from core.errors import MessengerError, Unauthenticated
+from core.errors import Code, MessengerError, Unauthenticated
 from core.identity import Identity, TokenVerifier
 from core.sockets import Ack, SocketServer, acked
 
@@ -36,6 +38,8 @@ log = logging.getLogger(__name__)
 
 # Every moderator's sessions, on any node: pushes about the review queue go here and nowhere else.
 MODERATORS_ROOM = "moderators"
+# Told to a session just before the server ends it because its token has expired.
+SESSION_EXPIRED = "session:expired"
 
 
 def user_room(user_id: str) -> str:
@@ -69,11 +73,20 @@ class ChatGateway:
         "presence:query": "presence_query",
     }
 
-    def __init__(self, sio: SocketServer, chat: ChatService, verifier: TokenVerifier, metrics: ChatMetrics) -> None:
+    def __init__(
+        self,
+        sio: SocketServer,
+        chat: ChatService,
+        verifier: TokenVerifier,
+        metrics: ChatMetrics,
+        *,
+        expiry_sweep_seconds: float = 5.0,
+    ) -> None:
         self._sio = sio
         self._chat = chat
         self._verifier = verifier
         self._metrics = metrics
+        self._expiry_sweep_seconds = expiry_sweep_seconds
         # Sessions this node has opened (joined, counted, announced), and the announcements still running:
         # an Event lives only as long as its announcement (one kept per idle connection cost ~0.8 KB).
         self._open: dict[str, Identity] = {}
@@ -133,6 +146,41 @@ class ChatGateway:
             await announcing.wait()  # a drop during the announcement closes after it, so presence stays balanced
         self._metrics.connections.dec()
         await self._chat.session_closed(caller)
+
+    async def end_expired_sessions(self, now: float | None = None) -> int:
+        """End this node's sessions whose token has expired (past the verifier's leeway); how many were ended.
+
+        One sweep over the sessions already kept, rather than a timer per connection: idle memory
+        per connection stays what it was. Each is told why first, then disconnected, which leaves its
+        rooms (no push reaches it any more) and closes it as a drop would (presence, the gauge).
+        Both go to the session on this node directly, not through Redis, so the reason arrives first.
+        """
+        now = time.time() if now is None else now
+        expired = [sid for sid, caller in self._open.items() if self._verifier.has_expired(caller, now)]
+        for sid in expired:
+            try:
+                await self._sio.emit(
+                    SESSION_EXPIRED,
+                    {"code": Code.TOKEN_EXPIRED, "message": "the token has expired; reconnect with a new one"},
+                    to=sid,
+                    ignore_queue=True,
+                )
+                await self._sio.disconnect(sid, ignore_queue=True)
+            except Exception:
+                log.exception("could not end a session whose token expired", extra={"sid": sid})
+                continue
+            self._count_error(Code.TOKEN_EXPIRED)
+        if expired:
+            log.info("ended sessions whose token expired", extra={"count": len(expired)})
+        return len(expired)
+
+    async def end_expired_sessions_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._expiry_sweep_seconds)
+            try:
+                await self.end_expired_sessions()
+            except Exception:
+                log.exception("the expired-session sweep failed; will retry")
 
     def _count_error(self, code: str) -> None:
         self._metrics.errors.labels(code=code).inc()

@@ -116,6 +116,9 @@ class ChatSettings(_Section):
     typing_min_interval_seconds: float = Field(default=0.5, ge=0)
     contact_policy: ContactPolicy = ContactPolicy.MASK
     history_page_max: int = Field(default=200, ge=1, le=1000)
+    # How often each node looks for its sockets whose token has expired and ends them: so, at most,
+    # how long past its exp (and JWT_LEEWAY_SECONDS) a session can still receive pushes.
+    session_expiry_sweep_seconds: float = Field(default=5.0, gt=0, le=60)
 
 
 class InboxSettings(_Section):

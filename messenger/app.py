@@ -137,6 +137,7 @@ class Container:
     redis: Any = None
     clock: Clock = field(default_factory=SystemClock)
     scans_here: bool = True
+    gateway: ChatGateway | None = None  # the Socket.IO sessions this node serves
     background: list[asyncio.Task[Any]] = field(default_factory=list)
 
     def pipeline(self, *, worker_id: str | None = None) -> AttachmentPipeline:
@@ -339,7 +340,10 @@ def build_container(
     )
     if ports.scanner is not None:
         container.scanner = ports.scanner
-    ChatGateway(sio, chat, container.verifier, metrics).register()
+    container.gateway = ChatGateway(
+        sio, chat, container.verifier, metrics, expiry_sweep_seconds=settings.chat.session_expiry_sweep_seconds
+    )
+    container.gateway.register()
     return container
 
 
@@ -449,6 +453,8 @@ async def loops_started(container: Container, *, pipeline: bool, housekeeping: b
         spawn("inbox-arrivals", container.arrivals.runner.run_forever)
         spawn("unread-reminders", container.reminders.run_forever)
         spawn("response-stats", container.response_stats.run_forever)
+        if container.gateway is not None:  # a serving node's sockets end with their tokens
+            spawn("session-expiry", container.gateway.end_expired_sessions_forever)
     if pipeline:
         worker = container.pipeline()
 

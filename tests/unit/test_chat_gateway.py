@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -32,6 +33,25 @@ class SessionsOnly:
         self.rooms.setdefault(room, set()).add(sid)
 
 
+class Ending(SessionsOnly):
+    """Also records what the gateway tells a session and which sessions it ends, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gateway: ChatGateway | None = None
+        self.sent: list[tuple[str, str, Any]] = []
+
+    async def emit(self, event: str, data: Any, to: str, **_: Any) -> None:
+        self.sent.append((to, event, data))
+
+    async def disconnect(self, sid: str, **_: Any) -> None:
+        self.sent.append((sid, "disconnect", None))
+        for members in self.rooms.values():
+            members.discard(sid)
+        assert self.gateway is not None
+        await self.gateway.disconnect(sid, "server disconnect")  # as python-socketio calls the handler
+
+
 async def test_a_tab_closed_while_it_comes_online_leaves_its_user_offline_to_partners() -> None:
     notifier = RecordingNotifier()
     container = build_container(make_settings(), notifier=notifier)
@@ -49,5 +69,42 @@ async def test_a_tab_closed_while_it_comes_online_leaves_its_user_offline_to_par
         assert [p["online"] for p in notifier.received_by("bob", "presence")] == [True, False]
         [status] = await container.chat.presence_of(bob, ["alice"])
         assert status["online"] is False
+    finally:
+        await container.database.close()
+
+
+async def test_the_sweep_ends_only_sessions_past_their_token_and_the_leeway_telling_them_first() -> None:
+    notifier = RecordingNotifier()
+    settings = make_settings(auth={"leeway_seconds": 10})
+    container = build_container(settings, notifier=notifier)
+    await ensure_schemas(container)
+    try:
+        await container.chat.open_conversation(bob, "alice", "bob", None)
+        server = Ending()
+        registry = CollectorRegistry()
+        metrics = ChatMetrics(registry)
+        gateway = server.gateway = ChatGateway(server, container.chat, container.verifier, metrics)  # type: ignore[arg-type]
+        # Expired 5 s ago: still inside the leeway, so it connects (and is not ended yet).
+        short = issue_token(settings.auth, "alice", ttl_seconds=-5)
+        for sid, token in (("short", short), ("long", issue_token(settings.auth, "alice"))):
+            await gateway.connect(sid, {}, {"token": token})
+            await gateway.connected(sid)
+
+        assert await gateway.end_expired_sessions() == 0
+        assert await gateway.end_expired_sessions(now=time.time() + 6) == 1
+        assert server.sent == [
+            (
+                "short",
+                "session:expired",
+                {"code": "token_expired", "message": "the token has expired; reconnect with a new one"},
+            ),
+            ("short", "disconnect", None),
+        ]
+        assert server.rooms["user:alice"] == {"long"}
+        assert registry.get_sample_value("messenger_socket_connections") == 1
+        assert registry.get_sample_value("messenger_client_errors_total", {"code": "token_expired"}) == 1
+        # alice still has a session open: her partner sees no change of presence.
+        assert [p["online"] for p in notifier.received_by("bob", "presence")] == [True]
+        assert await gateway.end_expired_sessions(now=time.time() + 6) == 0
     finally:
         await container.database.close()

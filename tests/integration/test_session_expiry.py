@@ -1,0 +1,128 @@
+"""A socket lasts as long as its token: once it expires the server says so, ends it, and pushes stop.
+
+Real sockets (python-socketio's AsyncClient) against the app served by aiohttp's test server, with
+no leeway and a sweep every 0.2 s, so a token of two seconds ends its session within about three.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from typing import Any
+
+import pytest
+import socketio
+from aiohttp.test_utils import TestClient
+
+from core.identity import issue_token
+from messenger.app import CONTAINER, create_app
+from tests.conftest import make_settings
+from tests.integration.test_moderation_pushes import CONTACTS, PUSH, eventually, rest
+
+SHORT_TTL = 2
+
+
+class Session:
+    """One connected socket, every push it received and why it was disconnected."""
+
+    def __init__(self, client: TestClient, user_id: str, *, ttl: int = 3600, moderator: bool = False) -> None:
+        self.client = client
+        self.token = issue_token(client.app[CONTAINER].settings.auth, user_id, moderator=moderator, ttl_seconds=ttl)
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self.received: dict[str, list[Any]] = defaultdict(list)
+        self.disconnects: list[Any] = []
+
+        async def record(event: str, data: Any) -> None:
+            self.received[event].append(data)
+
+        async def disconnected(reason: Any = None) -> None:
+            self.disconnects.append(reason)
+
+        self.sio.on("*", record)
+        self.sio.on("disconnect", disconnected)
+
+    async def connect(self) -> Session:
+        url = str(self.client.make_url("/")).rstrip("/")
+        await self.sio.connect(url, auth={"token": self.token}, transports=["websocket"], wait_timeout=10)
+        return self
+
+    async def close(self) -> None:
+        if self.sio.connected:
+            await self.sio.disconnect()
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any) -> TestClient:
+    settings = make_settings(
+        auth={"leeway_seconds": 0}, chat={"session_expiry_sweep_seconds": 0.2, "contact_policy": "hold"}
+    )
+    return await aiohttp_client(create_app(settings, run_pipeline=False))
+
+
+async def test_a_socket_whose_token_expires_is_told_why_and_ended_and_gets_no_more_pushes(
+    client: TestClient,
+) -> None:
+    expiring = Session(client, "buyer", ttl=SHORT_TTL)
+    lasting, seller = Session(client, "buyer"), Session(client, "seller")
+    for session in (expiring, lasting, seller):
+        await session.connect()
+    try:
+        conversation = await rest(
+            client, "buyer", "POST", "/conversations", {"buyer_id": "buyer", "seller_id": "seller"}
+        )
+        before = await seller.sio.call(
+            "message:send", {"conversation_id": conversation["id"], "client_id": "c-1", "text": "before"}, timeout=10
+        )
+        assert before["ok"], before
+        await eventually(lambda: len(expiring.received["message:new"]) == 1)
+
+        await eventually(lambda: not expiring.sio.connected, timeout=SHORT_TTL + 3)
+        assert expiring.received["session:expired"] == [
+            {"code": "token_expired", "message": "the token has expired; reconnect with a new one"}
+        ]
+        assert expiring.disconnects == [
+            socketio.AsyncClient.reason.SERVER_DISCONNECT
+        ]  # the JS client: "io server disconnect"
+
+        after = await seller.sio.call(
+            "message:send", {"conversation_id": conversation["id"], "client_id": "c-2", "text": "after"}, timeout=10
+        )
+        assert after["ok"], after
+        await eventually(lambda: len(lasting.received["message:new"]) == 2)
+        await asyncio.sleep(0.3)  # a push to the ended session would have arrived by now
+        assert [p["message"]["text"] for p in expiring.received["message:new"]] == ["before"]
+        assert lasting.sio.connected and seller.sio.connected and lasting.disconnects == []
+
+        # The buyer is still online through the lasting session: ending one tab is not going offline.
+        [status] = (await seller.sio.call("presence:query", {"user_ids": ["buyer"]}, timeout=10))["presence"]
+        assert status["online"] is True
+        metrics = await (await client.get("/metrics")).text()
+        assert 'messenger_client_errors_total{code="token_expired"} 1.0' in metrics
+        assert "messenger_socket_connections 2.0" in metrics
+    finally:
+        for session in (expiring, lasting, seller):
+            await session.close()
+
+
+async def test_a_moderator_socket_whose_token_expires_gets_no_more_queue_pushes(client: TestClient) -> None:
+    expiring = Session(client, "mod-ann", ttl=SHORT_TTL, moderator=True)
+    lasting, seller = Session(client, "mod-bo", moderator=True), Session(client, "seller")
+    for session in (expiring, lasting, seller):
+        await session.connect()
+    try:
+        conversation = await rest(
+            client, "buyer", "POST", "/conversations", {"buyer_id": "buyer", "seller_id": "seller"}
+        )
+        await eventually(lambda: not expiring.sio.connected, timeout=SHORT_TTL + 3)
+        assert [p["code"] for p in expiring.received["session:expired"]] == ["token_expired"]
+
+        ack = await seller.sio.call(
+            "message:send", {"conversation_id": conversation["id"], "client_id": "c-1", "text": CONTACTS}, timeout=10
+        )
+        assert ack["ok"] and ack["message"]["held"], ack
+        await eventually(lambda: bool(lasting.received[PUSH]))
+        await asyncio.sleep(0.3)
+        assert expiring.received[PUSH] == []
+    finally:
+        for session in (expiring, lasting, seller):
+            await session.close()
