@@ -55,6 +55,7 @@
     me: null,                  // the token's `sub`, for display only: the server verifies the token
     myName: null,
     socket: null,
+    endedToken: '',            // the token whose session the server ended (expired): never reconnected with
     live: false,               // true: Socket.IO; false: REST polling
     conversations: new Map(),  // id -> conversation
     conversationCursor: null,
@@ -152,7 +153,15 @@
     $('token-clear').hidden = embed;
     $('signin').hidden = true;
     $('inbox').hidden = false;
-    if (sameUser && state.socket) return;  // a refreshed token for the same person: the socket's auth() reads it
+    if (sameUser && state.socket) {
+      // A refreshed token for the same person: the socket's auth() reads it. A socket the server
+      // ended (its token expired) or refused does not come back by itself: it goes on with this one.
+      if (!state.socket.active) {
+        M.setConnection('connecting', 'connecting…');
+        state.socket.connect();
+      }
+      return;
+    }
     forgetHeldSends();
     closeConversation();
     state.conversations.clear();
@@ -254,8 +263,14 @@
     state.socket = socket;
     socket.on('connect', onConnected);
     socket.on('disconnect', (reason) => {
+      if (reason === 'io server disconnect') {
+        sessionEnded(socket);
+        return;
+      }
       M.setConnection('connecting', reason === 'io client disconnect' ? 'offline' : 'reconnecting…');
     });
+    // Sent just before the server ends the session because its token has expired.
+    socket.on('session:expired', () => { state.endedToken = state.token; });
     socket.on('connect_error', (error) => {
       // A refused token is final (the client does not retry it); a network error is retried.
       if (error && error.data && error.data.code) {
@@ -273,6 +288,36 @@
     socket.on('receipt', onReceipt);
     socket.on('typing', onTyping);
     socket.on('presence', onPresence);
+  }
+
+  /**
+   * The server ended the session (its token expired; the client does not reconnect by itself).
+   * Go on at once with a newer token if the page has one (the socket's auth() presents it); never
+   * again with the token that was ended, so an expired token cannot loop. Otherwise the token is
+   * shown as expired, as a refused one is, and an embedded page asks its host for a fresh one.
+   */
+  function sessionEnded(socket) {
+    const ended = state.endedToken || state.token;
+    state.endedToken = '';
+    if (state.token && state.token !== ended && unexpired(state.token)) {
+      M.setConnection('connecting', 'reconnecting…');
+      socket.connect();
+      return;
+    }
+    M.setConnection('refused', 'token expired');
+    showError(new ApiError('token_expired', embed
+      ? 'the session has expired; waiting for a new token from the page'
+      : 'the token has expired; sign out and sign in with a new one'));
+    if (embed) askHostForToken();
+  }
+
+  function unexpired(token) {
+    try {
+      M.checkedClaims(token);
+      return true;
+    } catch (_) {
+      return false;
+    }
   }
 
   function disconnect() {

@@ -15,7 +15,8 @@
   const PAGE = 50;
   const MAX_PAGE = 200;  // the queue's largest page: a re-read keeps up to this many items loaded
 
-  const state = {token: M.storedToken.get(), me: null, cursor: null, items: [], timer: null, socket: null, live: false};
+  // endedToken: the token whose session the server ended (expired), never reconnected with.
+  const state = {token: M.storedToken.get(), me: null, cursor: null, items: [], timer: null, socket: null, live: false, endedToken: ''};
   const api = M.restClient(() => state.token);
   // At most one re-read in flight and one more queued, however many pushes arrive meanwhile.
   const reread = {running: null, again: false, loud: false};
@@ -76,8 +77,14 @@
       requestRefresh();  // pushes sent while we were away are lost: read what changed
     });
     socket.on('disconnect', (reason) => {
+      if (reason === 'io server disconnect') {
+        sessionEnded(socket);
+        return;
+      }
       M.setConnection('connecting', reason === 'io client disconnect' ? 'offline' : 'reconnecting…');
     });
+    // Sent just before the server ends the session because its token has expired.
+    socket.on('session:expired', () => { state.endedToken = state.token; });
     socket.on('connect_error', (error) => {
       // A refused token is final (the client does not retry it); a network error is retried.
       if (error && error.data && error.data.code) {
@@ -90,6 +97,26 @@
     // The payload names the item only; what it is, and whether it is still open, is the queue's to say.
     socket.on('moderation:queue_changed', () => requestRefresh());
     state.timer = setInterval(requestRefresh, SAFETY_MS);
+  }
+
+  /**
+   * The server ended the session (its token expired; the client does not reconnect by itself):
+   * go on with a newer token if there is one, never with the ended one; else show it expired.
+   */
+  function sessionEnded(socket) {
+    const ended = state.endedToken || state.token;
+    state.endedToken = '';
+    let usable = false;
+    try {
+      usable = Boolean(state.token) && state.token !== ended && Boolean(M.checkedClaims(state.token));
+    } catch (_) { /* expired or unreadable: not usable */ }
+    if (usable) {
+      M.setConnection('connecting', 'reconnecting…');
+      socket.connect();
+      return;
+    }
+    M.setConnection('refused', 'token expired');
+    showError(new ApiError('token_expired', 'the token has expired; sign out and sign in with a new one'));
   }
 
   function disconnect() {

@@ -28,7 +28,9 @@ from tests.e2e.conftest import RunningService, free_port, rest, start_service, s
 from tests.e2e.test_web_client_chromium import (
     AXE,
     EICAR,
+    EXPIRY_ENV,
     SCAN_TIMEOUT_MS,
+    SHORT_TTL,
     Person,
     browser,  # noqa: F401  (the module-scoped Chromium fixture)
     check_accessibility,
@@ -462,6 +464,89 @@ def test_a_host_page_embeds_one_conversation_and_hands_over_the_token_by_post_me
         assert token not in direct.url
     finally:
         context.close()
+
+
+def test_an_embedded_page_whose_host_hands_over_a_fresh_token_stays_live_across_the_expiry(
+    service: RunningService,  # serves the host page
+    start: Any,
+    browser: Any,  # noqa: F811
+) -> None:
+    expiring = start(env={"MESSENGER_EMBED_ORIGINS": HOST, **EXPIRY_ENV}, name="expiring")
+    run = uuid.uuid4().hex[:6]
+    buyer_id, seller_id = f"buyer-{run}", f"seller-{run}"
+    conversation = rest(expiring, buyer_id, "POST", "/conversations", {"buyer_id": buyer_id, "seller_id": seller_id})
+    path = f"/orders/expiring-{run}"
+    # The host's backend would mint a token per request: here the first one is short, the next lasts.
+    tokens = [expiring.token(buyer_id, ttl=SHORT_TTL), expiring.token(buyer_id)]
+    host_page = f"""<!doctype html><html lang="en"><head><title>Marketplace</title></head><body>
+<h1>Order page</h1>
+<iframe id="chat" title="Chat with the seller" width="900" height="600"
+        src="{expiring.url}/embed?conversation={conversation["id"]}"></iframe>
+<script>
+  const tokens = {json.dumps(tokens)};
+  window.asked = 0;
+  window.addEventListener('message', (event) => {{
+    if (event.origin !== '{expiring.url}' || event.data.type !== 'messenger:ready') return;
+    const token = tokens[Math.min(window.asked, tokens.length - 1)];
+    window.asked += 1;
+    document.getElementById('chat').contentWindow.postMessage({{type: 'messenger:auth', token}}, '{expiring.url}');
+  }});
+</script></body></html>"""
+    HOST_PAGES[path] = host_page.encode()
+    context = browser.new_context(viewport={"width": 960, "height": 700})
+    try:
+        page = context.new_page()
+        page.goto(HOST + path)
+        frame = page.frame_locator("#chat")
+        frame.locator("#connection[data-state='live']").wait_for()
+        assert page.evaluate("window.asked") == 1
+
+        # The short token expires: the service ends the session, the page asks its host and goes on.
+        page.wait_for_function("window.asked === 2", timeout=(SHORT_TTL + 10) * 1000)
+        frame.locator("#connection[data-state='live']").wait_for()
+        rest(expiring, seller_id, "POST", f"/conversations/{conversation['id']}/messages",
+             {"client_id": "c1", "text": f"after the expiry {run}"})  # fmt: skip
+        frame.locator(".message").filter(has_text=f"after the expiry {run}").wait_for()
+        assert frame.locator("#error").is_hidden()
+        assert page.evaluate("window.asked") == 2
+    finally:
+        context.close()
+
+
+def test_a_moderation_console_whose_token_expires_shows_it_and_gets_no_more_pushes(
+    start: Any,
+    browser: Any,  # noqa: F811
+) -> None:
+    expiring = start(env={"CHAT_CONTACT_POLICY": "hold", **EXPIRY_ENV}, name="console-expiring")
+    run = uuid.uuid4().hex[:6]
+    buyer_id, seller_id = f"buyer-{run}", f"seller-{run}"
+    conversation = rest(expiring, buyer_id, "POST", "/conversations", {"buyer_id": buyer_id, "seller_id": seller_id})
+
+    def held(text: str) -> str:
+        sent = rest(expiring, buyer_id, "POST", f"/conversations/{conversation['id']}/messages",
+                    {"client_id": uuid.uuid4().hex, "text": text})  # fmt: skip
+        assert sent["held"], sent
+        return str(sent["id"])
+
+    ttl = SHORT_TTL + 4  # time for a push before the expiry too
+    console = Person(browser, expiring, f"mod-{run}", moderator=True, path="/moderation", ttl=ttl)
+    try:
+        before = held(f"{run} before: write to me at before-{run}@example.com")
+        console.page.locator(".item.kind-message").filter(has_text=f"{run} before").wait_for(timeout=LIVE_MS)
+        assert [frame for frame in console.pushed if "moderation:queue_changed" in frame and before in frame]
+
+        console.page.wait_for_selector("#connection[data-state='refused']", timeout=(ttl + 10) * 1000)
+        assert console.page.text_content("#connection") == "token expired"
+        assert (console.page.text_content("#error-text") or "").startswith("token_expired:")
+        check_accessibility(console, "a moderation console whose token has expired")
+
+        after = held(f"{run} after: write to me at after-{run}@example.com")
+        console.page.wait_for_timeout(2500)  # the queue's projection polls every second: a push would be here
+        assert not [frame for frame in console.pushed if after in frame]
+        assert len([f for f in console.frames_sent if f.startswith("40")]) == 1  # no retry with the expired token
+        assert console.problems == []
+    finally:
+        console.close()
 
 
 def test_the_moderation_console_is_served_with_the_strict_policy(service: RunningService) -> None:

@@ -127,6 +127,7 @@ class Person:
         viewport: tuple[int, int] = (1280, 860),
         moderator: bool = False,
         path: str = "/",
+        ttl: int = 3600,
     ) -> None:
         self.user_id = user_id
         self.context = browser.new_context(
@@ -147,7 +148,7 @@ class Person:
         self.page.on("websocket", self._websocket)
         self.page.goto(service.url + path)
         self.page.wait_for_selector("body[data-ready='yes']")
-        self.page.fill("#token-input", service.token(user_id, moderator=moderator))
+        self.page.fill("#token-input", service.token(user_id, moderator=moderator, ttl=ttl))
         self.page.click("#token-save")
         self.page.wait_for_selector(f"#connection[data-state='{transport}']")
 
@@ -611,3 +612,39 @@ def test_the_page_resends_at_most_five_times_within_a_minute_honouring_each_hint
     assert waits["atTheCap"] == 30000 and waits["pastTheCap"] is None
     assert waits["withinTheWindow"] == 9000 and waits["pastTheWindow"] is None
     assert waits["noHint"] is None and waits["otherCode"] is None and waits["timeout"] is None
+
+
+# No leeway and a sweep twice a second: a session ends about half a second after its token's exp.
+EXPIRY_ENV = {"JWT_LEEWAY_SECONDS": "0", "CHAT_SESSION_EXPIRY_SWEEP_SECONDS": "0.5"}
+SHORT_TTL = 6  # long enough to load the page and sign in on a busy machine
+
+
+def test_a_page_whose_token_expires_shows_it_expired_and_gets_nothing_more(start: Any, browser: Any) -> None:
+    service = start(env=EXPIRY_ENV)
+    run = uuid.uuid4().hex[:6]
+    buyer_id, seller_id = f"buyer-{run}", f"seller-{run}"
+    buyer = Person(browser, service, buyer_id, ttl=SHORT_TTL)
+    seller = Person(browser, service, seller_id)
+    try:
+        buyer.open_conversation(seller_id, "buyer")
+        seller.open_conversation(buyer_id, "seller")
+        type_and_send(seller, f"before {run}")
+        buyer.message(f"before {run}").wait_for()
+
+        buyer.page.wait_for_selector("#connection[data-state='refused']", timeout=(SHORT_TTL + 10) * 1000)
+        assert buyer.page.text_content("#connection") == "token expired"
+        assert (buyer.page.text_content("#error-text") or "").startswith("token_expired:")
+        assert any(f.startswith('42["session:expired"') for f in buyer.pushed)
+        check_accessibility(buyer, "a page whose token has expired")
+
+        type_and_send(seller, f"after {run}")
+        seller.message(f"after {run}").wait_for()
+        buyer.page.wait_for_timeout(1500)  # a push would have arrived by now
+        assert buyer.message(f"after {run}").count() == 0
+        # It did not try again with the expired token: one CONNECT in all.
+        assert len([f for f in buyer.frames_sent if f.startswith("40")]) == 1
+        assert buyer.page.get_attribute("#connection", "data-state") == "refused"
+        assert buyer.problems == [] and seller.problems == []
+    finally:
+        buyer.close()
+        seller.close()
