@@ -267,3 +267,31 @@ async def test_a_flagged_message_and_its_decision_reach_the_moderators_on_both_n
         assert "example.com" not in str(mod_a.received["moderation:queue_changed"])
     finally:
         await close_all(*everyone)
+
+
+async def test_a_session_whose_token_expires_is_ended_by_its_node_and_pushes_from_the_other_stop(
+    nodes: tuple[RunningService, RunningService],
+) -> None:
+    a, b = nodes
+    cid = shared_conversation(a, b, "nx-buyer", "nx-seller")
+    # Expired 8 s ago: still inside the nodes' 10 s leeway, so it connects; node A's sweep (every 5 s) ends it.
+    expiring = Person(a, "nx-buyer", token=a.token("nx-buyer", ttl=-8))
+    told: list[Any] = []
+
+    async def expired(data: Any) -> None:
+        told.append(data)
+
+    expiring.sio.on("session:expired", expired)
+    await expiring.connect()
+    buyer_phone = await Person(b, "nx-buyer").connect()
+    seller = await Person(b, "nx-seller").connect()
+    try:
+        await eventually(lambda: not expiring.sio.connected, timeout=15)
+        assert [t["code"] for t in told] == ["token_expired"], logs(a, b)
+
+        await seller.send(cid, "sent on node B after the expiry", "nx-b1")
+        await eventually(lambda: buyer_phone.texts() == ["sent on node B after the expiry"])
+        await asyncio.sleep(0.3)  # a push to the ended session would have arrived by now
+        assert expiring.texts() == []
+    finally:
+        await close_all(buyer_phone, seller)
