@@ -98,7 +98,7 @@ class ChatGateway:
         self._sio.on("disconnect", self.disconnect)
         for event, name in self.EVENTS.items():
             handler: Callable[[Identity, Any], Awaitable[Ack]] = getattr(self, name)
-            self._sio.on(event, acked(self._sio, event, handler, self._count_error))
+            self._sio.on(event, acked(self._sio, event, handler, self._count_error, expired=self._verifier.has_expired))
         # Past the node's in-flight budget a send is refused before anything is spent on it.
         self._sio.admit("message:send", self._admit_send)
 

@@ -194,9 +194,18 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
 
 
 def acked(
-    sio: socketio.AsyncServer, event: str, handler: SocketHandler, on_error: Callable[[str], None] = lambda code: None
+    sio: socketio.AsyncServer,
+    event: str,
+    handler: SocketHandler,
+    on_error: Callable[[str], None] = lambda code: None,
+    *,
+    expired: Callable[[Identity, float], bool] = lambda caller, now: now >= caller.expires_at,
 ) -> Callable[..., Awaitable[Ack]]:
-    """Wrap a handler so it runs only for an authenticated, unexpired session and always answers an ack."""
+    """Wrap a handler so it runs only for an authenticated, unexpired session and always answers an ack.
+
+    `expired` is the token verifier's own test (its leeway included), so an event is refused exactly
+    when a REST call with the same token would be, and when the session sweep would end the session.
+    """
 
     @functools.wraps(handler)
     async def handle(sid: str, payload: Any = None, *_: Any) -> Ack:
@@ -205,7 +214,7 @@ def acked(
             caller: Identity | None = session.get("identity")
             if caller is None:
                 raise Unauthenticated("connect with a token first", code=Code.TOKEN_MISSING)
-            if caller.expires_at < time.time():
+            if expired(caller, time.time()):
                 raise Unauthenticated("the token has expired; reconnect with a new one", code=Code.TOKEN_EXPIRED)
             return await handler(caller, payload)
         except MessengerError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import Any
 
@@ -106,5 +107,44 @@ async def test_the_sweep_ends_only_sessions_past_their_token_and_the_leeway_tell
         # alice still has a session open: her partner sees no change of presence.
         assert [p["online"] for p in notifier.received_by("bob", "presence")] == [True]
         assert await gateway.end_expired_sessions(now=time.time() + 6) == 0
+    finally:
+        await container.database.close()
+
+
+class Registering(SessionsOnly):
+    """Also keeps the event handlers the gateway registers, to call them as python-socketio would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handlers: dict[str, Any] = {}
+
+    def on(self, event: str, handler: Any) -> None:
+        self.handlers[event] = handler
+
+    def on_connected(self, handler: Any) -> None:
+        self.handlers["connected"] = handler
+
+    def admit(self, event: str, check: Any) -> None:
+        pass
+
+
+async def test_an_event_is_refused_as_expired_when_a_rest_call_with_its_token_would_be() -> None:
+    settings = make_settings(auth={"leeway_seconds": 10})
+    container = build_container(settings, notifier=RecordingNotifier())
+    await ensure_schemas(container)
+    try:
+        server = Registering()
+        ChatGateway(server, container.chat, container.verifier, ChatMetrics(CollectorRegistry())).register()  # type: ignore[arg-type]
+        query = server.handlers["presence:query"]
+        for sid, ttl in (("in-leeway", -5), ("past-leeway", -15)):
+            # Saved as the connect handler saves it: a token past its leeway could not connect any more.
+            caller = container.verifier.verify(issue_token(settings.auth, "alice", ttl_seconds=-5))
+            await server.save_session(sid, {"identity": dataclasses.replace(caller, expires_at=time.time() + ttl)})
+
+        answered = await query("in-leeway", {"user_ids": ["bob"]})
+        refused = await query("past-leeway", {"user_ids": ["bob"]})
+
+        assert answered["ok"] is True  # REST would still take this token, so the socket does too
+        assert refused["ok"] is False and refused["error"]["code"] == "token_expired"
     finally:
         await container.database.close()
