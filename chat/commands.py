@@ -58,3 +58,10 @@ class Typing(Command):
 
 class PresenceQuery(Command):
     user_ids: Annotated[list[Id], Field(min_length=1, max_length=200)]
+
+
+class RefreshSession(Command):
+    """`session:refresh`: a newer token for the same user, so a live socket outlasts its first token."""
+
+    # A JWT is a few hundred bytes; a header of 8 KiB is more than any proxy passes on anyway.
+    token: Annotated[StrictStr, Field(min_length=1, max_length=8192)]

@@ -587,6 +587,11 @@ class ChatService:
         if await self._presence.connected(user.user_id):
             await self._announce_presence(user.user_id)
 
+    async def session_renewed(self, before: Identity, after: Identity) -> None:
+        """A live session took a newer token of the same user: learn its name, as a new session would."""
+        if after.name != before.name:
+            await self._inbox.seen(after.user_id, after.name)
+
     async def session_closed(self, user: Identity) -> None:
         if await self._presence.disconnected(user.user_id):
             await self._announce_presence(user.user_id)

@@ -4,7 +4,8 @@ Each handler's return value is its ack (core/sockets.py turns errors into acks).
 joins `user:{id}`, so a message reaches all of a user's tabs and devices, on any node with Redis;
 a session whose token carries the moderator role also joins `moderators` (the console's live queue).
 It joins only once CONNECT has gone out (`SocketServer.on_connected`), so no push overtakes it.
-A session lasts as long as its token: a sweep over the node's open sessions ends those past their exp.
+A session lasts as long as its token: a sweep over the node's open sessions ends those past their exp,
+unless the client hands over a newer token of the same user first (`session:refresh`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import socketio
@@ -22,16 +24,18 @@ from chat.commands import (
     EditMessage,
     MarkRead,
     PresenceQuery,
+    RefreshSession,
     SendMessage,
     Sync,
     Typing,
 )
 from chat.metrics import ChatMetrics
 from chat.service import ChatService
+from core.clock import iso
 from core.commands import parse
-from core.errors import Code, MessengerError, Unauthenticated
+from core.errors import Code, Forbidden, MessengerError, Unauthenticated
 from core.identity import Identity, TokenVerifier
-from core.sockets import Ack, SocketServer, acked
+from core.sockets import Ack, SocketServer, acked, acked_renewal
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,8 @@ log = logging.getLogger(__name__)
 MODERATORS_ROOM = "moderators"
 # Told to a session just before the server ends it because its token has expired.
 SESSION_EXPIRED = "session:expired"
+# Hands a live session a newer token of its user; the one event still taken once the old token has expired.
+SESSION_REFRESH = "session:refresh"
 
 
 def user_room(user_id: str) -> str:
@@ -71,6 +77,7 @@ class ChatGateway:
         "read": "read",
         "typing": "typing",
         "presence:query": "presence_query",
+        SESSION_REFRESH: "refresh_session",
     }
 
     def __init__(
@@ -97,6 +104,9 @@ class ChatGateway:
         self._sio.on_connected(self.connected)
         self._sio.on("disconnect", self.disconnect)
         for event, name in self.EVENTS.items():
+            if event == SESSION_REFRESH:
+                self._sio.on(event, acked_renewal(self._sio, event, self.refresh_session, self._count_error))
+                continue
             handler: Callable[[Identity, Any], Awaitable[Ack]] = getattr(self, name)
             self._sio.on(event, acked(self._sio, event, handler, self._count_error, expired=self._verifier.has_expired))
         # Past the node's in-flight budget a send is refused before anything is spent on it.
@@ -157,7 +167,11 @@ class ChatGateway:
         """
         now = time.time() if now is None else now
         expired = [sid for sid, caller in self._open.items() if self._verifier.has_expired(caller, now)]
+        ended = 0
         for sid in expired:
+            caller = self._open.get(sid)
+            if caller is None or not self._verifier.has_expired(caller, now):
+                continue  # closed, or refreshed with a newer token, while this sweep ended others
             try:
                 await self._sio.emit(
                     SESSION_EXPIRED,
@@ -170,9 +184,10 @@ class ChatGateway:
                 log.exception("could not end a session whose token expired", extra={"sid": sid})
                 continue
             self._count_error(Code.TOKEN_EXPIRED)
-        if expired:
-            log.info("ended sessions whose token expired", extra={"count": len(expired)})
-        return len(expired)
+            ended += 1
+        if ended:
+            log.info("ended sessions whose token expired", extra={"count": ended})
+        return ended
 
     async def end_expired_sessions_forever(self) -> None:
         while True:
@@ -181,6 +196,36 @@ class ChatGateway:
                 await self.end_expired_sessions()
             except Exception:
                 log.exception("the expired-session sweep failed; will retry")
+
+    async def refresh_session(self, sid: str, caller: Identity, payload: Any) -> Ack:
+        """Give this session the newer token's identity: its exp (the sweep and every event read it) and roles.
+
+        Taken even after the old token's exp, until the sweep has ended the session: a client that
+        asked its host for a token just in time must not lose the race to the sweep. Refused, the
+        session stays exactly as it was and ends at the old exp.
+        """
+        command = parse(RefreshSession, payload)
+        renewed = self._verifier.verify(command.token)  # token_missing / token_invalid / token_expired
+        if renewed.user_id != caller.user_id:
+            raise Forbidden(
+                "the token is for another user; a session keeps its user (connect again to switch)",
+                code=Code.TOKEN_USER_MISMATCH,
+            )
+        session = await self._sio.get_session(sid)
+        # What the session holds now (another refresh of it may have finished meanwhile), not at the event's start.
+        before: Identity = session.get("identity") or caller
+        session["identity"] = renewed
+        await self._sio.save_session(sid, session)
+        if sid in self._open:
+            self._open[sid] = renewed
+            # The moderators' room follows the token: one that lost the role stops getting queue pushes.
+            if renewed.is_moderator and not before.is_moderator:
+                await self._sio.enter_room(sid, MODERATORS_ROOM)
+            elif before.is_moderator and not renewed.is_moderator:
+                await self._sio.leave_room(sid, MODERATORS_ROOM)
+        await self._chat.session_renewed(before, renewed)
+        expires_at = datetime.fromtimestamp(renewed.expires_at, UTC) if renewed.expires_at != float("inf") else None
+        return {"ok": True, "expires_at": iso(expires_at)}
 
     def _count_error(self, code: str) -> None:
         self._metrics.errors.labels(code=code).inc()

@@ -16,6 +16,7 @@ class Code(StrEnum):
     TOKEN_MISSING = "token_missing"
     TOKEN_INVALID = "token_invalid"
     TOKEN_EXPIRED = "token_expired"
+    TOKEN_USER_MISMATCH = "token_user_mismatch"
     MODERATOR_ONLY = "moderator_only"
     NOT_A_PARTICIPANT = "not_a_participant"
     NOT_THE_SENDER = "not_the_sender"

@@ -85,6 +85,7 @@ class World:
             "parts": [],
             "typing": True,
             "user_ids": ["fz-seller"],
+            "token": service.token("fz-buyer"),  # session:refresh, with the connected user's own token
         }
         host, port = service.url.removeprefix("http://").split(":")
         self.connection = http.client.HTTPConnection(host, int(port), timeout=20)

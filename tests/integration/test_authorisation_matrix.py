@@ -83,6 +83,7 @@ EXPECTED_EVENTS: dict[str, dict[str, str]] = {
     "read": PARTY,
     "typing": PARTY,
     "presence:query": EVERYONE,
+    "session:refresh": EVERYONE,  # each with a newer token of their own
 }
 ROLES = ["stranger", "moderator", "seller", "buyer"]  # refused ones first: they must change nothing
 USERS = {"buyer": "buyer", "seller": "seller", "stranger": "mallory", "moderator": "mod"}
@@ -179,6 +180,9 @@ class World:
             "read": {"conversation_id": c, "seq": 1},
             "typing": {"conversation_id": c, "typing": False},
             "presence:query": {"user_ids": ["buyer", "seller"]},
+            "session:refresh": {
+                "token": issue_token(self.settings.auth, USERS[role], moderator=role == "moderator", ttl_seconds=7200)
+            },
         }[event]
 
 
