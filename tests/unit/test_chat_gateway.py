@@ -148,3 +148,40 @@ async def test_an_event_is_refused_as_expired_when_a_rest_call_with_its_token_wo
         assert refused["ok"] is False and refused["error"]["code"] == "token_expired"
     finally:
         await container.database.close()
+
+
+async def test_a_session_refreshed_while_the_sweep_ends_others_is_kept() -> None:
+    settings = make_settings(auth={"leeway_seconds": 0})
+    container = build_container(settings, notifier=RecordingNotifier())
+    await ensure_schemas(container)
+    try:
+
+        class RefreshingMidSweep(Ending, Registering):
+            async def emit(self, event: str, data: Any, to: str, **kwargs: Any) -> None:
+                await super().emit(event, data, to, **kwargs)
+                if to == "first":  # the other tab's newer token lands while this one is being ended
+                    ack = await self.handlers["session:refresh"](
+                        "second", {"token": issue_token(settings.auth, "alice")}
+                    )
+                    assert ack["ok"] is True, ack
+
+            async def leave_room(self, sid: str, room: str) -> None:
+                self.rooms.get(room, set()).discard(sid)
+
+        server = RefreshingMidSweep()
+        gateway = server.gateway = ChatGateway(
+            server, container.chat, container.verifier, ChatMetrics(CollectorRegistry())
+        )  # type: ignore[arg-type]
+        gateway.register()
+        for sid in ("first", "second"):
+            await gateway.connect(sid, {}, {"token": issue_token(settings.auth, "alice", ttl_seconds=1)})
+            await gateway.connected(sid)
+
+        assert await gateway.end_expired_sessions(now=time.time() + 2) == 1
+        assert [(sid, event) for sid, event, _ in server.sent] == [
+            ("first", "session:expired"),
+            ("first", "disconnect"),
+        ]
+        assert server.rooms["user:alice"] == {"second"}
+    finally:
+        await container.database.close()
