@@ -10,6 +10,9 @@
   const OPEN_KEY = 'messenger.open';
   const POLL_MS = 2000;             // REST polling interval when the socket.io client is not installed
   const ACK_TIMEOUT_MS = 20000;
+  // An embedded page asks its host for a fresh token this long before the current one expires at the
+  // latest (or at 90 % of its remaining life, whichever is sooner), but never before half of it.
+  const REFRESH_LEAD_MS = 60000;
   const TYPING_RESEND_MS = 2000;    // keep "typing" alive while typing, within the server's rate limit
   const TYPING_IDLE_MS = 3000;      // stop "typing" after this long without a key press
   const TYPING_SHOW_MS = 6000;      // hide someone's indicator if their "stopped" never arrives
@@ -56,6 +59,8 @@
     myName: null,
     socket: null,
     endedToken: '',            // the token whose session the server ended (expired): never reconnected with
+    sessionToken: '',          // the token the server's session holds (presented at connect, or refreshed)
+    refreshTimer: null,        // embedded: asks the host for a fresh token before sessionToken expires
     live: false,               // true: Socket.IO; false: REST polling
     conversations: new Map(),  // id -> conversation
     conversationCursor: null,
@@ -154,9 +159,12 @@
     $('signin').hidden = true;
     $('inbox').hidden = false;
     if (sameUser && state.socket) {
-      // A refreshed token for the same person: the socket's auth() reads it. A socket the server
-      // ended (its token expired) or refused does not come back by itself: it goes on with this one.
-      if (!state.socket.active) {
+      // A refreshed token for the same person. A live session takes it as it is (session:refresh);
+      // otherwise the socket's auth() reads it at the next connection. A socket the server ended
+      // (its token expired) or refused does not come back by itself: it goes on with this one.
+      if (state.socket.connected) {
+        if (token !== state.sessionToken) refreshSession(token);
+      } else if (!state.socket.active) {
         M.setConnection('connecting', 'connecting…');
         state.socket.connect();
       }
@@ -259,9 +267,15 @@
     }
     M.setConnection('connecting', 'connecting…');
     // auth as a function: every reconnection presents the token in use at that moment.
-    const socket = window.io({auth: (cb) => cb({token: state.token}), transports: ['websocket', 'polling']});
+    const socket = window.io({auth: (cb) => {
+      state.sessionToken = state.token;
+      cb({token: state.token});
+    }, transports: ['websocket', 'polling']});
     state.socket = socket;
-    socket.on('connect', onConnected);
+    socket.on('connect', () => {
+      scheduleTokenRefresh();
+      onConnected();
+    });
     socket.on('disconnect', (reason) => {
       if (reason === 'io server disconnect') {
         sessionEnded(socket);
@@ -269,8 +283,9 @@
       }
       M.setConnection('connecting', reason === 'io client disconnect' ? 'offline' : 'reconnecting…');
     });
-    // Sent just before the server ends the session because its token has expired.
-    socket.on('session:expired', () => { state.endedToken = state.token; });
+    // Sent just before the server ends the session because its token has expired: the session's
+    // token, which is not the page's newest one when a refresh was refused or came too late.
+    socket.on('session:expired', () => { state.endedToken = state.sessionToken || state.token; });
     socket.on('connect_error', (error) => {
       // A refused token is final (the client does not retry it); a network error is retried.
       if (error && error.data && error.data.code) {
@@ -311,6 +326,39 @@
     if (embed) askHostForToken();
   }
 
+  /**
+   * Hand a newer token of the same user to the live session, so it outlasts the old one without a
+   * reconnect (no blip, no re-sync). Refused (or unanswered), nothing changes here: the session ends
+   * at the old token's exp and goes on with this one, as without a refresh.
+   */
+  function refreshSession(token) {
+    const socket = state.socket;
+    call('session:refresh', {token}).then(() => {
+      if (state.socket !== socket || state.token !== token) return;  // signed out or newer meanwhile
+      state.sessionToken = token;
+      scheduleTokenRefresh();
+    }, () => { /* see above: the expiry path takes over */ });
+  }
+
+  /** Embedded: ask the host for a fresh token a little before the session's token expires. */
+  function scheduleTokenRefresh() {
+    clearTimeout(state.refreshTimer);
+    state.refreshTimer = null;
+    if (!embed || !state.sessionToken) return;
+    let exp;
+    try {
+      exp = M.claimsOf(state.sessionToken).exp;
+    } catch (_) {
+      return;
+    }
+    if (typeof exp !== 'number') return;
+    const left = exp * 1000 - Date.now();
+    if (left <= 0) return;  // already expired: the server ends the session and the page asks then
+    // Never before half the remaining life, so a host handing out short tokens is not asked in a loop.
+    const wait = Math.max(left / 2, Math.min(left - REFRESH_LEAD_MS, left * 0.9));
+    state.refreshTimer = setTimeout(askHostForToken, Math.min(wait, 2 ** 31 - 1));
+  }
+
   function unexpired(token) {
     try {
       M.checkedClaims(token);
@@ -326,6 +374,9 @@
       state.socket.disconnect();
       state.socket = null;
     }
+    state.sessionToken = '';
+    clearTimeout(state.refreshTimer);
+    state.refreshTimer = null;
     clearInterval(state.pollTimer);
     state.pollTimer = null;
   }

@@ -15,8 +15,12 @@
   const PAGE = 50;
   const MAX_PAGE = 200;  // the queue's largest page: a re-read keeps up to this many items loaded
 
-  // endedToken: the token whose session the server ended (expired), never reconnected with.
-  const state = {token: M.storedToken.get(), me: null, cursor: null, items: [], timer: null, socket: null, live: false, endedToken: ''};
+  // endedToken: the token whose session the server ended (expired), never reconnected with;
+  // sessionToken: the token the server's session holds (presented at connect, or refreshed).
+  const state = {
+    token: M.storedToken.get(), me: null, cursor: null, items: [], timer: null, socket: null, live: false,
+    endedToken: '', sessionToken: '',
+  };
   const api = M.restClient(() => state.token);
   // At most one re-read in flight and one more queued, however many pushes arrive meanwhile.
   const reread = {running: null, again: false, loud: false};
@@ -30,6 +34,7 @@
       showError(error);
       return;
     }
+    const sameUser = state.me === claims.sub;
     state.token = token;
     state.me = claims.sub;
     M.storedToken.set(token);
@@ -43,8 +48,29 @@
     $('signin').hidden = true;
     $('queue-section').hidden = false;
     $('audit-section').hidden = false;
+    if (sameUser && state.socket && state.socket.connected) {
+      refreshSession(token);  // the live session takes it; no reconnect, the queue on screen stays
+      return;
+    }
     connect();
     requestRefresh({quiet: false});
+  }
+
+  /**
+   * Hand a newer token of the same moderator to the live session (session:refresh). Refused or
+   * unanswered, the console does what it did before there was a refresh: it connects again with it.
+   */
+  function refreshSession(token) {
+    const socket = state.socket;
+    socket.timeout(20000).emit('session:refresh', {token}, (timeoutError, ack) => {
+      if (state.socket !== socket || state.token !== token) return;  // signed out or newer meanwhile
+      if (!timeoutError && ack && ack.ok === true) {
+        state.sessionToken = token;
+        return;
+      }
+      connect();
+      requestRefresh({quiet: false});
+    });
   }
 
   function signOut() {
@@ -70,7 +96,10 @@
     }
     M.setConnection('connecting', 'connecting…');
     // auth as a function: every reconnection presents the token in use at that moment.
-    const socket = window.io({auth: (cb) => cb({token: state.token}), transports: ['websocket', 'polling']});
+    const socket = window.io({auth: (cb) => {
+      state.sessionToken = state.token;
+      cb({token: state.token});
+    }, transports: ['websocket', 'polling']});
     state.socket = socket;
     socket.on('connect', () => {
       M.setConnection('live', 'live');
@@ -84,7 +113,7 @@
       M.setConnection('connecting', reason === 'io client disconnect' ? 'offline' : 'reconnecting…');
     });
     // Sent just before the server ends the session because its token has expired.
-    socket.on('session:expired', () => { state.endedToken = state.token; });
+    socket.on('session:expired', () => { state.endedToken = state.sessionToken || state.token; });
     socket.on('connect_error', (error) => {
       // A refused token is final (the client does not retry it); a network error is retried.
       if (error && error.data && error.data.code) {
@@ -125,6 +154,7 @@
       state.socket.disconnect();
       state.socket = null;
     }
+    state.sessionToken = '';
     clearInterval(state.timer);
     state.timer = null;
   }
