@@ -266,36 +266,20 @@
       return;
     }
     M.setConnection('connecting', 'connecting…');
-    // auth as a function: every reconnection presents the token in use at that moment.
-    const socket = window.io({auth: (cb) => {
-      state.sessionToken = state.token;
-      cb({token: state.token});
-    }, transports: ['websocket', 'polling']});
-    state.socket = socket;
-    socket.on('connect', () => {
-      scheduleTokenRefresh();
-      onConnected();
-    });
-    socket.on('disconnect', (reason) => {
-      if (reason === 'io server disconnect') {
-        sessionEnded(socket);
-        return;
-      }
-      M.setConnection('connecting', reason === 'io client disconnect' ? 'offline' : 'reconnecting…');
-    });
-    // Sent just before the server ends the session because its token has expired: the session's
-    // token, which is not the page's newest one when a refresh was refused or came too late.
-    socket.on('session:expired', () => { state.endedToken = state.sessionToken || state.token; });
-    socket.on('connect_error', (error) => {
-      // A refused token is final (the client does not retry it); a network error is retried.
-      if (error && error.data && error.data.code) {
-        M.setConnection('refused', 'token refused');
-        showError(new ApiError(error.data.code, error.data.message || error.message));
+    const socket = M.sessionSocket(state, {
+      connected: () => {
+        scheduleTokenRefresh();
+        onConnected();
+      },
+      refused: () => { if (embed) askHostForToken(); },
+      expired: () => {
+        showError(new ApiError('token_expired', embed
+          ? 'the session has expired; waiting for a new token from the page'
+          : 'the token has expired; sign out and sign in with a new one'));
         if (embed) askHostForToken();
-      } else {
-        M.setConnection('connecting', 'reconnecting…');
-      }
+      },
     });
+    state.socket = socket;
     socket.on('message:new', ({message}) => receiveMessage(message, {fresh: false, live: true}));
     socket.on('message:updated', ({message}) => receiveMessage(message, {fresh: false}));
     socket.on('attachment:updated', ({attachment}) => receiveAttachment(attachment, {fresh: true}));
@@ -311,21 +295,6 @@
    * again with the token that was ended, so an expired token cannot loop. Otherwise the token is
    * shown as expired, as a refused one is, and an embedded page asks its host for a fresh one.
    */
-  function sessionEnded(socket) {
-    const ended = state.endedToken || state.token;
-    state.endedToken = '';
-    if (state.token && state.token !== ended && unexpired(state.token)) {
-      M.setConnection('connecting', 'reconnecting…');
-      socket.connect();
-      return;
-    }
-    M.setConnection('refused', 'token expired');
-    showError(new ApiError('token_expired', embed
-      ? 'the session has expired; waiting for a new token from the page'
-      : 'the token has expired; sign out and sign in with a new one'));
-    if (embed) askHostForToken();
-  }
-
   /**
    * Hand a newer token of the same user to the live session, so it outlasts the old one without a
    * reconnect (no blip, no re-sync). Refused (or unanswered), nothing changes here: the session ends
@@ -357,15 +326,6 @@
     // Never before half the remaining life, so a host handing out short tokens is not asked in a loop.
     const wait = Math.max(left / 2, Math.min(left - REFRESH_LEAD_MS, left * 0.9));
     state.refreshTimer = setTimeout(askHostForToken, Math.min(wait, 2 ** 31 - 1));
-  }
-
-  function unexpired(token) {
-    try {
-      M.checkedClaims(token);
-      return true;
-    } catch (_) {
-      return false;
-    }
   }
 
   function disconnect() {

@@ -198,6 +198,64 @@ window.Messenger = (() => {
   };
 
   /** The socket.io client is loaded at run time from the service; it may not be installed there. */
+  /**
+   * The page's Socket.IO session (the web app's and the console's alike). Every (re)connection
+   * presents the token in use at that moment and records it as the session's (`state.sessionToken`).
+   * When the server ends the session because its token expired (`session:expired`, then "io server
+   * disconnect"), it goes on only with a newer, unexpired token, never the one just ended, so it
+   * cannot loop; otherwise the badge says so and `hooks.expired()` tells the person. A refused token
+   * is final (the client does not retry it): the badge says so, the error is shown, then
+   * `hooks.refused()`; a network error is retried by the client itself.
+   */
+  function sessionSocket(state, hooks) {
+    const socket = window.io({auth: (cb) => {
+      state.sessionToken = state.token;
+      cb({token: state.token});
+    }, transports: ['websocket', 'polling']});
+    socket.on('connect', hooks.connected);
+    socket.on('disconnect', (reason) => {
+      if (reason === 'io server disconnect') {
+        sessionEnded();
+        return;
+      }
+      setConnection('connecting', reason === 'io client disconnect' ? 'offline' : 'reconnecting…');
+    });
+    // The session's token, which is not the page's newest one when a refresh was refused or came too late.
+    socket.on('session:expired', () => { state.endedToken = state.sessionToken || state.token; });
+    socket.on('connect_error', (error) => {
+      if (error && error.data && error.data.code) {
+        setConnection('refused', 'token refused');
+        showError(new ApiError(error.data.code, error.data.message || error.message));
+        if (hooks.refused) hooks.refused();
+      } else {
+        setConnection('connecting', 'reconnecting…');
+      }
+    });
+
+    function sessionEnded() {
+      const ended = state.endedToken || state.token;
+      state.endedToken = '';
+      if (state.token && state.token !== ended && unexpired(state.token)) {
+        setConnection('connecting', 'reconnecting…');
+        socket.connect();
+        return;
+      }
+      setConnection('refused', 'token expired');
+      hooks.expired();
+    }
+
+    return socket;
+  }
+
+  function unexpired(token) {
+    try {
+      checkedClaims(token);
+      return true;
+    } catch (_) {
+      return false;
+    }
+  }
+
   function loadSocketClient() {
     return new Promise((resolve) => {
       const script = document.createElement('script');
@@ -211,6 +269,6 @@ window.Messenger = (() => {
   return {
     $, el, formatSize, formatTime, formatDay, isWebUrl, ApiError, toApiError, resendWait, isMissingRoute,
     showError, clearError, showNotice, setConnection, restClient, claimsOf, checkedClaims,
-    tokenFromAddress, storedToken, loadSocketClient,
+    tokenFromAddress, storedToken, loadSocketClient, sessionSocket,
   };
 })();

@@ -95,34 +95,14 @@
       return;
     }
     M.setConnection('connecting', 'connecting…');
-    // auth as a function: every reconnection presents the token in use at that moment.
-    const socket = window.io({auth: (cb) => {
-      state.sessionToken = state.token;
-      cb({token: state.token});
-    }, transports: ['websocket', 'polling']});
+    const socket = M.sessionSocket(state, {
+      connected: () => {
+        M.setConnection('live', 'live');
+        requestRefresh();  // pushes sent while we were away are lost: read what changed
+      },
+      expired: () => showError(new ApiError('token_expired', 'the token has expired; sign out and sign in with a new one')),
+    });
     state.socket = socket;
-    socket.on('connect', () => {
-      M.setConnection('live', 'live');
-      requestRefresh();  // pushes sent while we were away are lost: read what changed
-    });
-    socket.on('disconnect', (reason) => {
-      if (reason === 'io server disconnect') {
-        sessionEnded(socket);
-        return;
-      }
-      M.setConnection('connecting', reason === 'io client disconnect' ? 'offline' : 'reconnecting…');
-    });
-    // Sent just before the server ends the session because its token has expired.
-    socket.on('session:expired', () => { state.endedToken = state.sessionToken || state.token; });
-    socket.on('connect_error', (error) => {
-      // A refused token is final (the client does not retry it); a network error is retried.
-      if (error && error.data && error.data.code) {
-        M.setConnection('refused', 'token refused');
-        showError(new ApiError(error.data.code, error.data.message || error.message));
-      } else {
-        M.setConnection('connecting', 'reconnecting…');
-      }
-    });
     // The payload names the item only; what it is, and whether it is still open, is the queue's to say.
     socket.on('moderation:queue_changed', () => requestRefresh());
     state.timer = setInterval(requestRefresh, SAFETY_MS);
@@ -132,22 +112,6 @@
    * The server ended the session (its token expired; the client does not reconnect by itself):
    * go on with a newer token if there is one, never with the ended one; else show it expired.
    */
-  function sessionEnded(socket) {
-    const ended = state.endedToken || state.token;
-    state.endedToken = '';
-    let usable = false;
-    try {
-      usable = Boolean(state.token) && state.token !== ended && Boolean(M.checkedClaims(state.token));
-    } catch (_) { /* expired or unreadable: not usable */ }
-    if (usable) {
-      M.setConnection('connecting', 'reconnecting…');
-      socket.connect();
-      return;
-    }
-    M.setConnection('refused', 'token expired');
-    showError(new ApiError('token_expired', 'the token has expired; sign out and sign in with a new one'));
-  }
-
   function disconnect() {
     if (state.socket) {
       state.socket.removeAllListeners();
