@@ -665,22 +665,20 @@ def report(bench: Bench) -> str:
             f"  p99 <= {GOAL_P99_MS:.0f} ms at half of saturation ({args.rate_seconds:g} s): {p99:.1f} ms "
             f"({'met' if p99 <= GOAL_P99_MS else 'not met'})"
         )
-    kept = get(m, "overload", "kept_of_saturation")
-    if kept is not None:
-        missing = get(m, "overload", "unacked_after_drain") or 0
+    for phase, label in (
+        ("overload", f"at {args.overload_factor:g}x overload, deliveries >= {GOAL_OVERLOAD_KEPT:.1f}x saturation"
+         " and no ack missing"),
+        ("overload_wait", "the same, clients honouring the retry hint"),
+    ):  # fmt: skip
+        kept = get(m, phase, "kept_of_saturation")
+        if kept is None:
+            continue
+        missing = get(m, phase, "unacked_after_drain") or 0
+        waiting = get(m, phase, "waiting_after_drain") if phase == "overload_wait" else None
         lines.append(
-            f"  at {args.overload_factor:g}x overload, deliveries >= {GOAL_OVERLOAD_KEPT:.1f}x saturation and no ack"
-            f" missing: {kept:.2f}x, {missing} missing, {get(m, 'overload', 'refused_overloaded') or 0:,} refused"
-            f" `overloaded` ({'met' if kept >= GOAL_OVERLOAD_KEPT and not missing else 'not met'})"
-        )
-    waited = get(m, "overload_wait", "kept_of_saturation")
-    if waited is not None:
-        missing = get(m, "overload_wait", "unacked_after_drain") or 0
-        lines.append(
-            f"  the same, clients honouring the retry hint: {waited:.2f}x, {missing} missing,"
-            f" {get(m, 'overload_wait', 'refused_overloaded') or 0:,} refused, "
-            f"{get(m, 'overload_wait', 'waiting_after_drain') or 0:,} sends still waiting in clients after the drain"
-            f" ({'met' if waited >= GOAL_OVERLOAD_KEPT and not missing else 'not met'})"
+            f"  {label}: {kept:.2f}x, {missing} missing, {get(m, phase, 'refused_overloaded') or 0:,} refused"
+            f" `overloaded`{'' if waiting is None else f', {waiting:,} sends still waiting in clients after the drain'}"
+            f" ({'met' if kept >= GOAL_OVERLOAD_KEPT and not missing else 'not met'})"
         )
     kb, py_kb = get(m, "idle", "kb_per_connection"), get(py, "idle", "kb_per_connection")
     if kb and py_kb:
