@@ -10,6 +10,7 @@ import pytest
 import socketio
 
 from tests.e2e.conftest import RunningService, rest
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -64,14 +65,6 @@ def open_conversation(service: RunningService, buyer: str, seller: str, order_id
             "id"
         ]
     )
-
-
-async def eventually(check: Any, timeout: float = 5.0) -> None:  # noqa: ASYNC109 (a polling helper)
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 async def test_two_users_chat_and_every_session_of_both_receives_it(service: RunningService) -> None:

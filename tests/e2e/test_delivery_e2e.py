@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 from tests.e2e.conftest import RunningService
-from tests.e2e.test_chat_python_client import Person, eventually, open_conversation, rest
+from tests.e2e.test_chat_python_client import Person, open_conversation, rest
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.e2e
 

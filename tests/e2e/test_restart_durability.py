@@ -14,6 +14,7 @@ conversation's events in log order once duplicates are dropped by id.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import subprocess
@@ -33,6 +34,7 @@ from tests.e2e.test_chat_python_client import Person, open_conversation
 from tests.e2e.test_delivery_e2e import png, upload
 from tests.integration import kafka_broker
 from tests.integration.kafka_broker import Received, TansuBroker, read_topics
+from tests.support import polling
 
 pytestmark = pytest.mark.e2e
 
@@ -62,14 +64,8 @@ def history(service: RunningService, user: str, conversation_id: str) -> list[di
         path = f"/conversations/{conversation_id}/messages?limit=200&before_seq={page['messages'][0]['seq']}"
 
 
-async def eventually(check: Any, timeout: float = 10.0) -> Any:  # noqa: ASYNC109 (a polling helper)
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
+# A service restarting and a pipeline rescanning take longer than an in-process push: wait longer, ask less often.
+eventually = functools.partial(polling.eventually, timeout=10.0, every=0.05)
 
 
 async def download(service: RunningService, user: str, attachment_id: str) -> bytes:

@@ -26,7 +26,8 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import RunningService, free_port, start_service, stop_service
-from tests.e2e.test_chat_python_client import Person, eventually, open_conversation, rest
+from tests.e2e.test_chat_python_client import Person, open_conversation, rest
+from tests.support.polling import eventually
 from tests.support.wire_mongo import WireMongo
 
 pytestmark = pytest.mark.e2e

@@ -40,8 +40,9 @@ from pymongo import AsyncMongoClient
 from attachments.storage import cors_rule
 from tests.conftest import TEST_SECRET
 from tests.e2e.conftest import REPO, RunningService, free_port, start_service, stop_service
-from tests.e2e.test_chat_python_client import Person, eventually, open_conversation, rest
+from tests.e2e.test_chat_python_client import Person, open_conversation, rest
 from tests.e2e.test_delivery_e2e import EICAR, png, upload
+from tests.support.polling import eventually
 from tests.support.wire_mongo import WireMongo
 
 pytestmark = pytest.mark.e2e

@@ -18,6 +18,7 @@ from core.identity import issue_token
 from messenger.app import CONTAINER, create_app
 from tests.conftest import make_settings
 from tests.integration.test_pipeline import EICAR, Harness
+from tests.support.polling import eventually
 
 API = "/api/v1"
 PUSH = "moderation:queue_changed"
@@ -25,18 +26,23 @@ CONTACTS = "Call me on +1 415 555 0134 or write to bob@example.com"
 
 
 class Session:
-    """One connected socket and every push it received."""
+    """One connected socket, every push it received and why it was disconnected."""
 
-    def __init__(self, client: TestClient, user_id: str, *, moderator: bool = False) -> None:
+    def __init__(self, client: TestClient, user_id: str, *, ttl: int = 3600, moderator: bool = False) -> None:
         self.client = client
-        self.token = issue_token(client.app[CONTAINER].settings.auth, user_id, moderator=moderator)
+        self.token = issue_token(client.app[CONTAINER].settings.auth, user_id, moderator=moderator, ttl_seconds=ttl)
         self.sio = socketio.AsyncClient(reconnection=False)
         self.received: dict[str, list[Any]] = defaultdict(list)
+        self.disconnects: list[Any] = []
 
         async def record(event: str, data: Any) -> None:
             self.received[event].append(data)
 
+        async def disconnected(reason: Any = None) -> None:
+            self.disconnects.append(reason)
+
         self.sio.on("*", record)
+        self.sio.on("disconnect", disconnected)
 
     async def connect(self) -> Session:
         url = str(self.client.make_url("/")).rstrip("/")
@@ -47,15 +53,8 @@ class Session:
         return [p for p in self.received[PUSH] if all(p.get(k) == v for k, v in match.items())]
 
     async def close(self) -> None:
-        await self.sio.disconnect()
-
-
-async def eventually(check: Any, timeout: float = 5.0) -> None:  # noqa: ASYNC109 (a polling helper)
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
+        if self.sio.connected:
+            await self.sio.disconnect()
 
 
 async def rest(client: TestClient, user: str, method: str, path: str, body: Any = None) -> Any:

@@ -7,7 +7,6 @@ no leeway and a sweep every 0.2 s, so a token of two seconds ends its session wi
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
 from typing import Any
 
 import pytest
@@ -17,38 +16,10 @@ from aiohttp.test_utils import TestClient
 from core.identity import issue_token
 from messenger.app import CONTAINER, create_app
 from tests.conftest import make_settings
-from tests.integration.test_moderation_pushes import CONTACTS, PUSH, eventually, rest
+from tests.integration.test_moderation_pushes import CONTACTS, PUSH, Session, rest
+from tests.support.polling import eventually
 
 SHORT_TTL = 2
-
-
-class Session:
-    """One connected socket, every push it received and why it was disconnected."""
-
-    def __init__(self, client: TestClient, user_id: str, *, ttl: int = 3600, moderator: bool = False) -> None:
-        self.client = client
-        self.token = issue_token(client.app[CONTAINER].settings.auth, user_id, moderator=moderator, ttl_seconds=ttl)
-        self.sio = socketio.AsyncClient(reconnection=False)
-        self.received: dict[str, list[Any]] = defaultdict(list)
-        self.disconnects: list[Any] = []
-
-        async def record(event: str, data: Any) -> None:
-            self.received[event].append(data)
-
-        async def disconnected(reason: Any = None) -> None:
-            self.disconnects.append(reason)
-
-        self.sio.on("*", record)
-        self.sio.on("disconnect", disconnected)
-
-    async def connect(self) -> Session:
-        url = str(self.client.make_url("/")).rstrip("/")
-        await self.sio.connect(url, auth={"token": self.token}, transports=["websocket"], wait_timeout=10)
-        return self
-
-    async def close(self) -> None:
-        if self.sio.connected:
-            await self.sio.disconnect()
 
 
 @pytest.fixture
